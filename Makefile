@@ -1,0 +1,39 @@
+# Two commands from a fresh clone: `make demo` and `make test` (both create .venv once).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.videoft-installed
+DEMO_DATA ?= data/demo
+DEMO_RUN ?= runs/demo
+
+.PHONY: install demo demo-data test test-fast benchmark clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --progress-bar off -e ".[test,export]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+$(DEMO_DATA)/.complete: | $(STAMP)
+	$(BIN)/python tools/make_demo_dataset.py --out $(DEMO_DATA)
+
+demo-data: $(DEMO_DATA)/.complete
+
+demo: $(STAMP) $(DEMO_DATA)/.complete
+	$(BIN)/python tools/train.py configs/demo.yaml data.root=$(DEMO_DATA) out_dir=$(DEMO_RUN)
+	$(BIN)/python tools/evaluate.py $(DEMO_RUN)/best.pt --data $(DEMO_DATA) --split test --out $(DEMO_RUN)/eval
+	@echo "checkpoint: $(DEMO_RUN)/best.pt   report: $(DEMO_RUN)/eval/report.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not distributed"
+
+benchmark: $(STAMP)
+	$(BIN)/python tools/benchmark.py
+
+clean:
+	rm -rf $(DEMO_RUN) .pytest_cache

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Run a checkpoint on video files: top-k labels per clip, or a timeline over a long video.
+
+    python tools/infer.py runs/demo/best.pt clip.mp4 [more.mp4 ...] [--topk 5] [--json]
+    python tools/infer.py runs/demo/best.pt match.mp4 --window 2 --stride 1 [--csv timeline.csv]
+
+A file that is missing or cannot be decoded prints one line naming it and the reason; the
+other files still run, and the exit code is 1.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+
+from videoft.data.decode import BACKENDS, VideoDecodeError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("videos", nargs="+")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--clips", type=int, default=None, help="clips averaged per prediction (default: the run's)")
+    p.add_argument("--crops", type=int, choices=(1, 3), default=1)
+    p.add_argument("--window", type=float, default=None, help="sliding window length in seconds (timeline mode)")
+    p.add_argument("--stride", type=float, default=None, help="window hop in seconds (default: window / 2)")
+    p.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
+    p.add_argument("--csv", default=None, help="timeline mode: also write the windows to this CSV file")
+    p.add_argument("--decoder", choices=BACKENDS, default="auto")
+    p.add_argument("--device", default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from videoft.inference import Predictor
+
+    try:
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, num_clips=args.clips,
+                                              num_crops=args.crops, backend=args.decoder)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    failed = 0
+    csv_rows = []
+    for video in args.videos:
+        try:
+            if args.window:
+                result = predictor.timeline(video, window=args.window, stride=args.stride or args.window / 2,
+                                            topk=args.topk)
+                csv_rows += [{"video": video, **{k: w[k] for k in ("start", "end", "label", "probability")}}
+                             for w in result["windows"]]
+            else:
+                result = predictor.predict(video, topk=args.topk)
+        except VideoDecodeError as err:
+            failed += 1
+            msg = {"video": err.path, "error": err.reason}
+            print(json.dumps(msg) if args.json else f"error: {err.path}: {err.reason}",
+                  file=sys.stdout if args.json else sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps(result))
+        elif args.window:
+            print(f"{video} ({result['duration']:.1f} s): {len(result['windows'])} windows")
+            for s in result["segments"]:
+                print(f"  {s['start']:8.2f} - {s['end']:8.2f} s  {s['label']:<24} {s['probability']:.3f}")
+        else:
+            print(f"{video} ({result['duration']:.1f} s)")
+            for label, prob in result["top"]:
+                print(f"  {prob:6.3f}  {label}")
+    if args.csv and csv_rows:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["video", "start", "end", "label", "probability"])
+            writer.writeheader()
+            writer.writerows(csv_rows)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

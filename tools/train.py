@@ -1,0 +1,45 @@
+#!/usr/bin/env python
+"""Fine-tune a video classifier.
+
+    python tools/train.py configs/demo.yaml [key=value ...]
+    torchrun --nproc_per_node 2 tools/train.py configs/x3d_s_sports.yaml data.root=/data/sports
+
+Any config key can be overridden on the command line (`data.root=DIR out_dir=DIR
+optim.lr=0.005 freeze.stages=3`); `--resume` is short for `resume=auto`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from videoft.config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="YAML config (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.root=DIR")
+    parser.add_argument("--resume", action="store_true", help="continue from out_dir/last.pt if present")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides) + (["resume=auto"] if args.resume else [])
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from videoft.runner import run  # heavy imports after the config is known to be valid
+
+    try:
+        summary = run(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    best = summary["best_metric"]
+    print(f"\ncheckpoints: {summary['last']}" + (f" and {summary['best']}" if summary["best"] else ""))
+    if best["epoch"] > 0:
+        print(f"best {best['metric']}: {best['value']:.4f} (epoch {best['epoch']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Typed run configuration: YAML file + `key=value` overrides, every error reported at once."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """One or more problems in a configuration; the message lists all of them."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass
+class DataConfig:
+    root: str = ""                  # class folder, split folders, or a list file
+    val_fraction: float = 0.2       # held out from train when no val split is given
+    test_fraction: float = 0.0
+    split_seed: int = 0
+    clip_len: int | None = None     # None: the backbone's default
+    frame_stride: int | None = None
+    crop_size: int | None = None
+    short_side: int | None = None   # resize-on-decode short side; None: the backbone's default
+    hflip: bool = True
+    batch_size: int = 8
+    num_workers: int = 2
+    eval_clips: int = 3             # temporal clips per video at validation (video-level accuracy)
+    eval_crops: int = 1             # 1 (centre) or 3 spatial crops
+    decoder: str = "auto"           # auto | decord | pyav
+    balanced_sampler: bool = False  # draw classes uniformly (for imbalanced data)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "x3d_xs"
+    pretrained: str | None = None   # "kinetics400" downloads the official weights
+    weights: str | None = None      # a local file or URL with the backbone's weights
+    on_missing_weights: str = "error"  # error | random (loud warning, random init)
+    dropout: float = 0.5
+    init_from: str | None = None    # start from another videoft checkpoint (head re-made if classes differ)
+    model_dir: str | None = None    # where downloaded weights are cached (torch hub cache by default)
+
+
+@dataclass
+class UnfreezeConfig:
+    head_only_epochs: int = 0       # train only the head (and unfrozen stages) for this many epochs
+    every: int = 0                  # then unfreeze one more stage, top-down, every N epochs (0: off)
+    min_frozen: int = 0             # never unfreeze below this many stages
+
+
+@dataclass
+class FreezeConfig:
+    stages: int = 0                 # freeze the stem and the first N stages; -1: whole backbone (linear probe)
+    bn: str = "frozen"              # frozen (BN of frozen parts in eval mode) | all | train
+    unfreeze: UnfreezeConfig = field(default_factory=UnfreezeConfig)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"               # sgd | adamw
+    lr: float = 0.01                # head learning rate (per global batch as configured)
+    backbone_lr: float | None = None  # None: same as lr
+    layer_decay: float = 1.0        # each earlier stage's LR is multiplied by this
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.0       # cosine decays to lr * min_lr_ratio
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    accum_steps: int = 1
+    class_weighted_loss: bool = False
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    amp: str = "auto"               # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    channels_last: bool = False
+    sync_bn: bool = False
+    eval_every: int = 1
+    best_metric: str = "mean_class_accuracy"  # or top1, video_top1, video_mean_class_accuracy
+    early_stop_patience: int = 0    # epochs without improvement before stopping (0: off)
+    checkpoint_every_steps: int = 0  # also write last.pt every N optimizer steps (0: per epoch only)
+    max_steps_per_epoch: int | None = None
+    deterministic: bool = False
+    threads: int | None = None      # torch CPU threads (None: torch's default)
+
+
+@dataclass
+class Config:
+    out_dir: str = "runs/default"
+    seed: int = 0
+    resume: str | None = None       # "auto" (out_dir/last.pt if present) or a checkpoint path
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES = {
+    "data.decoder": ("auto", "decord", "pyav"),
+    "data.eval_crops": (1, 3),
+    "model.pretrained": (None, "kinetics400"),
+    "model.on_missing_weights": ("error", "random"),
+    "freeze.bn": ("frozen", "all", "train"),
+    "optim.name": ("sgd", "adamw"),
+    "train.amp": ("auto", "bf16", "fp16", "off"),
+    "train.best_metric": ("mean_class_accuracy", "top1", "video_top1", "video_mean_class_accuracy"),
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file, apply `a.b=value` overrides (values parsed as YAML), validate."""
+    raw: dict = {}
+    problems: list[str] = []
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError([f"cannot read {path}: {exc}"]) from None
+        if not isinstance(raw, dict):
+            raise ConfigError([f"{path}: the top level must be a mapping"])
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            problems.append(f"override {item!r} is not key=value")
+            continue
+        node = raw
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                problems.append(f"override {item!r}: {p} is not a section")
+                break
+        else:
+            node[leaf] = yaml.safe_load(value) if value.strip() else None
+    cfg = _build(Config, raw, "", problems)
+    problems += validate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def validate(cfg: Config) -> list[str]:
+    """Cross-field checks: returns the list of problems (empty when valid)."""
+    problems = []
+    flat = to_dict(cfg)
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        if flat[section][name] not in allowed:
+            problems.append(f"{key}: {flat[section][name]!r} is not one of {list(allowed)}")
+    if not cfg.data.root:
+        problems.append("data.root: required (a class folder, split folders or a list file)")
+    positive = {"data.batch_size": cfg.data.batch_size, "data.eval_clips": cfg.data.eval_clips,
+                "train.epochs": cfg.train.epochs, "optim.accum_steps": cfg.optim.accum_steps,
+                "optim.lr": cfg.optim.lr}
+    problems += [f"{k}: must be > 0, got {v}" for k, v in positive.items() if not v > 0]
+    for k in ("clip_len", "frame_stride", "crop_size", "short_side"):
+        v = getattr(cfg.data, k)
+        if v is not None and v < 1:
+            problems.append(f"data.{k}: must be >= 1 or null, got {v}")
+    if not 0 <= cfg.data.val_fraction < 1 or not 0 <= cfg.data.test_fraction < 1:
+        problems.append("data.val_fraction and data.test_fraction must be in [0, 1)")
+    if cfg.data.num_workers < 0:
+        problems.append(f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
+    if cfg.model.pretrained and cfg.model.weights:
+        problems.append("model.pretrained and model.weights: give one, not both")
+    if cfg.resume not in (None, "auto") and not Path(cfg.resume).exists():
+        problems.append(f"resume: {cfg.resume} does not exist (use 'auto' or a checkpoint path)")
+    return problems
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (YAML/JSON/checkpoint friendly)."""
+    out = dataclasses.asdict(cfg)
+    return _plain(out)
+
+
+def from_dict(raw: dict) -> Config:
+    """Rebuild a Config from `to_dict` output (e.g. stored in a checkpoint)."""
+    problems: list[str] = []
+    cfg = _build(Config, raw, "", problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    """Instantiate dataclass `cls` from a dict, collecting unknown keys and type errors."""
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            problems.append(f"{prefix}{key}: unknown key (allowed: {', '.join(fields)})")
+            continue
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{prefix}{key}.", problems)
+        else:
+            ok, converted = _coerce(value, hint)
+            if ok:
+                kwargs[key] = converted
+            else:
+                problems.append(f"{prefix}{key}: {value!r} is not a valid {_type_name(hint)}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            ok, v = _coerce(value, arg)
+            if ok:
+                return True, v
+        return False, None
+    if hint is type(None):
+        return value is None, None
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            conv = [_coerce(v, a) for v, a in zip(value, args)]
+            if all(ok for ok, _ in conv):
+                return True, tuple(v for _, v in conv)
+        return False, None
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            return (True, float(value)) if isinstance(value, str) else (False, None)
+        except ValueError:
+            return False, None
+    if hint is str:
+        return isinstance(value, str), value
+    return True, value
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

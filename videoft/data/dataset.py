@@ -1,0 +1,255 @@
+"""Map-style video dataset over a class folder or a list file, with group-aware splits.
+
+Accepted inputs:
+- `root/<class>/<video>`: one pool, split into train/val(/test) here, stratified by class,
+  keeping UCF101-style groups (`_gNN_` in the name) on one side;
+- `root/{train,val,test}/<class>/<video>`: the splits as given;
+- a list file: CSV `path,label` (optional header) or mmaction2-style `path label` lines,
+  the label being a class name or an integer index into `classes`.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from videoft.data.decode import VideoDecodeError, VideoReader
+from videoft.data.sampling import eval_clip_indices, train_clip_indices, union_indices
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+SPLIT_NAMES = ("train", "val", "test")
+_GROUP = re.compile(r"_g(\d+)_", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class VideoSample:
+    path: str
+    label: int
+
+
+def is_video(path: str | Path) -> bool:
+    return str(path).lower().endswith(VIDEO_EXTENSIONS)
+
+
+def scan_class_folder(root: str | Path) -> list[tuple[str, str]]:
+    """(path, class name) for every video under `root/<class>/` (sub-folders included)."""
+    root = Path(root)
+    items = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for dirpath, _, files in sorted(os.walk(class_dir)):
+            items += [(os.path.join(dirpath, f), class_dir.name) for f in sorted(files) if is_video(f)]
+    if not items:
+        raise ValueError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {root}/<class>/")
+    return items
+
+
+def read_list_file(path: str | Path, root: str | Path | None = None) -> list[tuple[str, str]]:
+    """(path, label) pairs from a CSV `path,label` or a whitespace `path label` list file.
+
+    Relative video paths are taken relative to `root`, or to the list file's folder.
+    """
+    path = Path(path)
+    base = Path(root) if root else path.parent
+    text = path.read_text().splitlines()
+    rows: list[tuple[str, str]] = []
+    is_csv = any("," in line for line in text[:5])
+    lines = csv.reader(text) if is_csv else (line.rsplit(None, 1) for line in text)
+    for lineno, parts in enumerate(lines, 1):
+        parts = [p.strip() for p in parts if p.strip()]
+        if not parts or parts[0].startswith("#"):
+            continue
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{lineno}: expected 'path,label' or 'path label', got {parts}")
+        if lineno == 1 and is_csv and parts[1].lower() in ("label", "class", "class_name"):
+            continue  # header
+        video = parts[0] if os.path.isabs(parts[0]) else str(base / parts[0])
+        rows.append((video, parts[1]))
+    if not rows:
+        raise ValueError(f"{path}: no entries")
+    return rows
+
+
+def group_of(path: str) -> str:
+    """The group a clip belongs to: UCF101's `_gNN_`, else the file itself."""
+    m = _GROUP.search(os.path.basename(path))
+    return f"g{int(m.group(1))}" if m else os.path.basename(path)
+
+
+def group_split(items: Sequence[tuple[str, int]], fractions: dict[str, float], seed: int) -> dict[str, list[VideoSample]]:
+    """Stratified split by class that never puts one group on two sides.
+
+    For each class, its groups are shuffled with a seed derived from (seed, class) and
+    given to each held-out split until it holds its fraction of the class; the rest
+    train. A class with a single group goes to train whole.
+    """
+    out: dict[str, list[VideoSample]] = {"train": [], **{k: [] for k in fractions}}
+    by_class: dict[int, dict[str, list[str]]] = {}
+    for path, label in items:
+        by_class.setdefault(label, {}).setdefault(group_of(path), []).append(path)
+    for label, groups in sorted(by_class.items()):
+        names = sorted(groups)
+        random.Random(f"{seed}:{label}").shuffle(names)
+        total = sum(len(v) for v in groups.values())
+        for split, frac in fractions.items():
+            target = frac * total
+            taken = 0
+            # take whole groups while that brings the split closer to its target (at least one)
+            while len(names) > 1 and (taken == 0 or taken + len(groups[names[0]]) / 2 <= target):
+                g = names.pop(0)
+                taken += len(groups[g])
+                out[split] += [VideoSample(p, label) for p in sorted(groups[g])]
+        for g in names:
+            out["train"] += [VideoSample(p, label) for p in sorted(groups[g])]
+    return out
+
+
+def _index_labels(rows: list[tuple[str, str]], classes: list[str] | None, where: str) -> list[tuple[str, int]]:
+    """Turn class-name or integer labels into indices of `classes`."""
+    out = []
+    for path, label in rows:
+        if label in (classes or []):
+            out.append((path, classes.index(label)))
+        elif label.isdigit() and classes is not None and int(label) < len(classes):
+            out.append((path, int(label)))
+        elif label.isdigit() and classes is None:
+            out.append((path, int(label)))
+        else:
+            raise ValueError(f"{where}: label {label!r} of {path} is not a known class ({classes})")
+    return out
+
+
+def load_splits(root: str | Path, *, val_fraction: float = 0.2, test_fraction: float = 0.0,
+                seed: int = 0, classes: list[str] | None = None) -> tuple[dict[str, list[VideoSample]], list[str]]:
+    """Find the videos under `root` (folder or list file) and return ({split: samples}, classes).
+
+    Class names are sorted; pass `classes` to reuse a checkpoint's order.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise ValueError(f"data root {root} does not exist")
+    fractions = {k: v for k, v in (("val", val_fraction), ("test", test_fraction)) if v > 0}
+    if root.is_file():
+        rows = read_list_file(root)
+        names = classes or sorted({lbl for _, lbl in rows if not lbl.isdigit()}) or None
+        items = _index_labels(rows, names, str(root))
+        if names is None:
+            names = [str(i) for i in range(max(l for _, l in items) + 1)]
+        return group_split(items, fractions, seed), names
+    present = [s for s in SPLIT_NAMES if (root / s).is_dir()]
+    if "train" in present or ("val" in present or "test" in present):
+        per_split = {s: scan_class_folder(root / s) for s in present}
+        names = classes or sorted({c for rows in per_split.values() for _, c in rows})
+        splits = {s: [VideoSample(p, i) for p, i in _index_labels(rows, names, str(root / s))]
+                  for s, rows in per_split.items()}
+        if "train" in splits and "val" not in splits and val_fraction > 0:
+            resplit = group_split([(s.path, s.label) for s in splits["train"]], {"val": val_fraction}, seed)
+            splits["train"], splits["val"] = resplit["train"], resplit["val"]
+        return splits, names
+    rows = scan_class_folder(root)
+    names = classes or sorted({c for _, c in rows})
+    return group_split(_index_labels(rows, names, str(root)), fractions, seed), names
+
+
+def split_summary(splits: dict[str, list[VideoSample]], classes: Sequence[str]) -> str:
+    """A per-class table of split sizes, for the run log."""
+    cols = [s for s in SPLIT_NAMES if s in splits]
+    width = max([len(c) for c in classes] + [5])
+    lines = [f"{'class':<{width}} " + " ".join(f"{c:>6}" for c in cols)]
+    for i, name in enumerate(classes):
+        lines.append(f"{name:<{width}} " + " ".join(f"{sum(s.label == i for s in splits[c]):>6}" for c in cols))
+    lines.append(f"{'total':<{width}} " + " ".join(f"{len(splits[c]):>6}" for c in cols))
+    return "\n".join(lines)
+
+
+class VideoClipDataset(Dataset):
+    """Clips of labelled videos, decoded on demand.
+
+    Training (`train=True`): one random clip per video; a video that fails to decode is
+    reported in the sample's `failures` and another video is drawn in its place.
+    Evaluation: `num_clips` clips spread over the whole video, decoded in one pass, each
+    transformed into 1 or 3 crops; a failure gives `valid=False` and the reason.
+
+    Randomness comes from (seed, epoch, index), not from worker state, so a sample is
+    the same whatever the number of workers or processes.
+    """
+
+    def __init__(self, samples: Sequence[VideoSample], *, clip_len: int, stride: int, train: bool,
+                 transform: Callable[[torch.Tensor], torch.Tensor], short_side: int | None,
+                 num_clips: int = 1, backend: str = "auto", seed: int = 0, max_retries: int = 20):
+        self.samples = list(samples)
+        self.clip_len, self.stride, self.train = clip_len, stride, train
+        self.transform, self.short_side, self.num_clips = transform, short_side, num_clips
+        self.backend, self.seed, self.max_retries = backend, seed, max_retries
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        return self._train_item(index) if self.train else self._eval_item(index)
+
+    def _train_item(self, index: int) -> dict:
+        failures = []
+        rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
+        current = index
+        for _ in range(self.max_retries + 1):
+            sample = self.samples[current]
+            try:
+                reader = VideoReader(sample.path, short_side=self.short_side, backend=self.backend)
+                frames = reader.get_frames(
+                    train_clip_indices(reader.info.num_frames, self.clip_len, self.stride, rng))
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(rng.getrandbits(63))
+                    video = self.transform(frames)
+                return {"video": video, "label": sample.label, "index": current, "failures": failures}
+            except VideoDecodeError as err:
+                failures.append((err.path, err.reason))
+                current = rng.randrange(len(self.samples))
+        raise RuntimeError(f"{len(failures)} videos in a row failed to decode, last: "
+                           f"{failures[-1][0]}: {failures[-1][1]}")
+
+    def _eval_item(self, index: int) -> dict:
+        sample = self.samples[index]
+        try:
+            reader = VideoReader(sample.path, short_side=self.short_side, backend=self.backend)
+            clips = eval_clip_indices(reader.info.num_frames, self.clip_len, self.stride, self.num_clips)
+            frames_needed, positions = union_indices(clips)
+            frames = reader.get_frames(frames_needed)  # one pass over the union of the clips
+            clips = [[min(i, reader.info.num_frames - 1) for i in c] for c in clips]  # after any clamping
+            views = torch.cat([self.transform(frames[pos]) for pos in positions])  # [K * crops, C, T, H, W]
+            return {"video": views, "label": sample.label, "index": index, "valid": True,
+                    "frame_indices": clips, "failures": []}
+        except VideoDecodeError as err:
+            return {"video": None, "label": sample.label, "index": index, "valid": False,
+                    "frame_indices": [], "failures": [(err.path, err.reason)]}
+
+
+def collate(batch: list[dict]) -> dict:
+    """Stack clips and labels; keep failures and frame indices as lists.
+
+    Invalid eval items (undecodable videos) get a zero tensor shaped like the valid
+    ones so a batch always stacks; `valid` says which rows count.
+    """
+    shape = next((b["video"].shape for b in batch if b["video"] is not None), None)
+    videos = [b["video"] if b["video"] is not None else torch.zeros(shape) for b in batch] if shape else []
+    return {
+        "video": torch.stack(videos) if videos else torch.empty(0),
+        "label": torch.tensor([b["label"] for b in batch]),
+        "index": torch.tensor([b["index"] for b in batch]),
+        "valid": torch.tensor([b.get("valid", True) for b in batch]),
+        "frame_indices": [b.get("frame_indices") for b in batch],
+        "failures": [f for b in batch for f in b["failures"]],
+    }

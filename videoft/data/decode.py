@@ -1,0 +1,214 @@
+"""Decode exactly the requested frames of a video file: decord first, PyAV as fallback.
+
+This is the only module that imports decord. Every way a file can be undecodable
+ends in one exception, :class:`VideoDecodeError`, carrying the path and the reason.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch  # imported before decord: its torch bridge would otherwise import torch lazily (~1.3 s)
+
+try:  # decord has no wheel for every platform (e.g. aarch64, macOS arm): PyAV covers those
+    import decord
+
+    decord.bridge.set_bridge("torch")
+except ImportError:  # pragma: no cover - depends on the platform
+    decord = None
+
+import av
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "decord", "pyav")
+_fallback_logged: set[str] = set()
+
+
+class VideoDecodeError(Exception):
+    """A video file that cannot be decoded; `path` and `reason` say which and why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # keep (path, reason) across DataLoader worker pickling
+        return (type(self), (self.path, self.reason))
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about the video stream (frame count checked when decoding)."""
+
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+
+def resized_shape(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """(width, height) with the short side scaled to `short_side`, aspect ratio kept.
+
+    decord needs both sizes (given one, it does not keep the aspect ratio); the long side is
+    rounded to an even number because some scalers misbehave on odd sizes.
+    """
+    if not short_side:
+        return width, height
+    long_side = max(2, int(round(max(width, height) * short_side / min(width, height) / 2)) * 2)
+    return (short_side, long_side) if width <= height else (long_side, short_side)
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Read the stream header with PyAV (about 1-2 ms): frame count, fps and size."""
+    path = str(path)
+    _check_file(path)
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(path, "no video stream in the file")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+            num_frames = stream.frames
+            if not num_frames and stream.duration and stream.time_base:
+                num_frames = int(round(float(stream.duration * stream.time_base) * fps))
+            if not num_frames and container.duration:
+                num_frames = int(round(container.duration / av.time_base * fps))
+            width, height = stream.codec_context.width, stream.codec_context.height
+    except VideoDecodeError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
+        raise VideoDecodeError(path, f"not a readable video ({_short(exc)})") from None
+    if not width or not height:
+        raise VideoDecodeError(path, "video stream has no frame size")
+    return VideoInfo(num_frames=int(num_frames), fps=fps, width=width, height=height)
+
+
+class VideoReader:
+    """An open video: `info` gives the stream facts, `get_frames(indices)` decodes exactly those frames.
+
+    Args:
+        path: the video file.
+        short_side: resize on decode so the shorter side has this many pixels (aspect kept);
+            None decodes at the native size.
+        backend: "auto" (decord, PyAV where decord is missing or fails), "decord" or "pyav".
+        num_threads: decoder threads per reader; 1 is fastest inside DataLoader workers.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, short_side: int | None = None,
+                 backend: str = "auto", num_threads: int = 1):
+        if backend not in BACKENDS:
+            raise ValueError(f"decoder backend {backend!r} is not one of {BACKENDS}")
+        self.path = str(path)
+        self.short_side = short_side
+        self.num_threads = num_threads
+        header = probe(self.path)
+        self.out_width, self.out_height = resized_shape(header.width, header.height, short_side)
+        self._vr = None
+        self.backend = "pyav"
+        if backend != "pyav" and decord is not None:
+            try:
+                self._vr = decord.VideoReader(self.path, width=self.out_width, height=self.out_height,
+                                              num_threads=num_threads)
+                self.backend = "decord"
+                header = VideoInfo(len(self._vr), float(self._vr.get_avg_fps()) or header.fps,
+                                   header.width, header.height)
+            except Exception as exc:  # decord raises RuntimeError or its own DECORDError
+                if backend == "decord":
+                    raise VideoDecodeError(self.path, f"decord cannot open it ({_short(exc)})") from None
+                self._log_fallback(f"decord cannot open it ({_short(exc)})")
+        elif backend == "decord":
+            raise VideoDecodeError(self.path, "decord is not installed")
+        if header.num_frames <= 0:
+            raise VideoDecodeError(self.path, "the video has no frames")
+        self.info = header
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:  # [T, H, W, C] uint8
+        """Decode exactly the frames at `indices` (any order, repeats allowed)."""
+        indices = [int(i) for i in indices]
+        if not indices:
+            raise ValueError("no frame indices requested")
+        if min(indices) < 0:
+            raise ValueError(f"negative frame index in {indices}")
+        indices = [min(i, self.info.num_frames - 1) for i in indices]
+        if self._vr is not None:
+            try:
+                return self._vr.get_batch(indices)
+            except Exception as exc:
+                # decord over-reports the frame count of some files (truncated, broken index):
+                # retry once through PyAV, which clamps to the frames that really decode
+                self._log_fallback(f"decord failed on frames {min(indices)}..{max(indices)} ({_short(exc)})")
+                self._vr = None
+                self.backend = "pyav"
+        return self._pyav_frames(indices)
+
+    def _pyav_frames(self, indices: list[int]) -> torch.Tensor:  # [T, H, W, C] uint8
+        """Decode from the start up to the last wanted frame (fallback path: simple, not fast)."""
+        wanted = set(indices)
+        last = max(indices)
+        got: dict[int, np.ndarray] = {}
+        last_frame = None
+        count = 0
+        try:
+            with av.open(self.path) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for frame in container.decode(stream):
+                    if count in wanted:
+                        got[count] = self._to_array(frame)
+                    last_frame = frame
+                    count += 1
+                    if count > last:
+                        break
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            if count == 0:
+                raise VideoDecodeError(self.path, f"no frame decodes ({_short(exc)})") from None
+            log.warning("%s: decoding stopped after %d frames (%s)", self.path, count, _short(exc))
+        if count == 0:
+            raise VideoDecodeError(self.path, "no frame decodes (empty or truncated video stream)")
+        if count <= last:
+            # the header over-reported the frame count: clamp to the last frame that decodes
+            log.warning("%s: the header says %d frames but only %d decode; clamping to those",
+                        self.path, self.info.num_frames, count)
+            self.info = VideoInfo(count, self.info.fps, self.info.width, self.info.height)
+            got.setdefault(count - 1, self._to_array(last_frame))
+        return torch.from_numpy(np.stack([got[min(i, count - 1)] for i in indices]))
+
+    def _to_array(self, frame: "av.VideoFrame") -> np.ndarray:  # [H, W, C] uint8
+        return frame.to_ndarray(format="rgb24", width=self.out_width, height=self.out_height)
+
+    def _log_fallback(self, reason: str) -> None:
+        if self.path not in _fallback_logged:
+            _fallback_logged.add(self.path)
+            log.warning("%s: %s; falling back to PyAV", self.path, reason)
+
+
+def read_frames(path: str | os.PathLike, indices: Sequence[int], *, short_side: int | None = None,
+                backend: str = "auto") -> torch.Tensor:  # [T, H, W, C] uint8
+    """Open `path` and decode exactly the frames at `indices` (see :class:`VideoReader`)."""
+    return VideoReader(path, short_side=short_side, backend=backend).get_frames(indices)
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise VideoDecodeError(path, "file does not exist")
+    if os.path.isdir(path):
+        raise VideoDecodeError(path, "is a directory, not a video file")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "file is empty (0 bytes)")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:160]
+
+
+__all__ = ["VideoDecodeError", "VideoInfo", "VideoReader", "probe", "read_frames", "resized_shape",
+           "BACKENDS"]

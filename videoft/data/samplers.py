@@ -1,0 +1,54 @@
+"""Training sampler: an epoch-seeded order, optionally class-balanced, sharded over ranks.
+
+The order depends only on (seed, epoch), so one process with global batch B and N
+processes with batch B/N see the same global batches, and a resumed run sees the
+same order as an uninterrupted one (`start` skips what was already trained on).
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+
+class TrainSampler(Sampler[int]):
+    """Shuffled (or class-balanced) indices for one rank; padded so every rank has as many.
+
+    Args:
+        labels: the class of each sample (used by `balanced`).
+        balanced: draw with replacement so every class is equally likely (imbalanced data).
+        rank, world_size: this process's shard: positions rank, rank + world, ...
+    """
+
+    def __init__(self, labels: Sequence[int], *, seed: int = 0, balanced: bool = False,
+                 rank: int = 0, world_size: int = 1):
+        self.labels = torch.as_tensor(list(labels))
+        self.seed, self.balanced, self.rank, self.world_size = seed, balanced, rank, world_size
+        self.epoch = 0
+        self.start = 0
+        self.num_per_rank = -(-len(self.labels) // world_size)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's order; skip the first `start` samples of this rank's shard."""
+        self.epoch, self.start = epoch, start
+
+    def global_order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        n = len(self.labels)
+        if self.balanced:
+            counts = torch.bincount(self.labels).float()
+            weights = (1.0 / counts)[self.labels]
+            order = torch.multinomial(weights, n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(n, generator=g)
+        order = order.tolist()
+        pad = self.num_per_rank * self.world_size - n
+        return order + order[:pad]
+
+    def __iter__(self) -> Iterator[int]:
+        shard = self.global_order()[self.rank::self.world_size]
+        return iter(shard[self.start:])
+
+    def __len__(self) -> int:
+        return self.num_per_rank - self.start

@@ -1,0 +1,96 @@
+"""Train and eval presets on torchvision.transforms.v2 (one set of random parameters per clip).
+
+Input: uint8 frames `[T, H, W, C]` as decoded. Output: float `[C, T, H, W]` normalised
+with the backbone's own mean/std (three-crop eval gives `[3, C, T, H, W]`).
+pytorchvideo.transforms is never imported: it does not import with this torchvision.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+
+def _to_video(frames: torch.Tensor) -> tv_tensors.Video:  # [T, H, W, C] -> [T, C, H, W]
+    return tv_tensors.Video(frames.permute(0, 3, 1, 2))
+
+
+class TrainPreset:
+    """Short-side scale jitter, random crop, optional horizontal flip, normalise.
+
+    Args:
+        crop_size: output height and width.
+        scale_range: the short side is resized to a random size in this range (pixels),
+            then a `crop_size` square is cropped at random.
+        mean, std: the backbone's normalisation on [0, 1] RGB.
+        hflip: random horizontal flips (turn off when left/right carries the label).
+    """
+
+    def __init__(self, *, crop_size: int, scale_range: tuple[int, int], mean: Sequence[float],
+                 std: Sequence[float], hflip: bool = True):
+        lo, hi = scale_range
+        if lo < crop_size:
+            raise ValueError(f"scale_range {scale_range} must not go below crop_size {crop_size}")
+        steps = [
+            v2.RandomResize(lo, hi + 1, antialias=True),
+            v2.RandomCrop(crop_size),
+        ]
+        if hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+        self.transform = v2.Compose(steps)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:  # [T, H, W, C] uint8 -> [C, T, h, w]
+        return self.transform(_to_video(frames)).as_subclass(torch.Tensor).permute(1, 0, 2, 3).contiguous()
+
+
+class EvalPreset:
+    """Short-side resize, then a centre crop or three crops along the long side, normalise."""
+
+    def __init__(self, *, crop_size: int, short_side: int, mean: Sequence[float],
+                 std: Sequence[float], num_crops: int = 1):
+        if num_crops not in (1, 3):
+            raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+        if short_side < crop_size:
+            raise ValueError(f"short_side {short_side} must be >= crop_size {crop_size}")
+        self.crop_size, self.short_side, self.num_crops = crop_size, short_side, num_crops
+        self.mean, self.std = list(mean), list(std)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:  # [T, H, W, C] -> [crops, C, T, h, w]
+        video = _to_video(frames)
+        video = F.resize(video, [self.short_side], antialias=True)
+        crops = [F.center_crop(video, [self.crop_size, self.crop_size])] if self.num_crops == 1 \
+            else self._three_crops(video)
+        out = []
+        for crop in crops:
+            crop = F.normalize(F.to_dtype(crop, torch.float32, scale=True), self.mean, self.std)
+            out.append(crop.as_subclass(torch.Tensor).permute(1, 0, 2, 3))
+        return torch.stack(out)
+
+    def _three_crops(self, video: torch.Tensor) -> list[torch.Tensor]:
+        """Start, centre and end crops along the long side (PySlowFast's 3-crop testing)."""
+        h, w = video.shape[-2:]
+        size = self.crop_size
+        if w >= h:
+            offsets = [(0, (h - size) // 2), ((w - size) // 2, (h - size) // 2), (w - size, (h - size) // 2)]
+        else:
+            offsets = [((w - size) // 2, 0), ((w - size) // 2, (h - size) // 2), ((w - size) // 2, h - size)]
+        return [F.crop(video, top, left, size, size) for left, top in offsets]
+
+
+def build_transform(train: bool, *, crop_size: int, short_side: int, mean: Sequence[float],
+                    std: Sequence[float], hflip: bool = True, num_crops: int = 1,
+                    scale_jitter: tuple[float, float] = (1.0, 1.25)):
+    """The train or eval preset for a backbone's geometry and normalisation.
+
+    The training short side jitters between `scale_jitter` times `short_side`
+    (never below the crop size).
+    """
+    if train:
+        lo = max(crop_size, int(round(short_side * scale_jitter[0])))
+        hi = max(lo, int(round(short_side * scale_jitter[1])))
+        return TrainPreset(crop_size=crop_size, scale_range=(lo, hi), mean=mean, std=std, hflip=hflip)
+    return EvalPreset(crop_size=crop_size, short_side=short_side, mean=mean, std=std, num_crops=num_crops)

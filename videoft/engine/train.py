@@ -1,0 +1,159 @@
+"""One training epoch in a fixed order: set lr, forward under autocast, backward, clip, step, zero_grad, log."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from videoft.engine.distributed import all_reduce_sum
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops and the last good checkpoint is kept."""
+
+
+@dataclass
+class StepOptions:
+    """How each optimisation step is done (from the config, resolved for the device)."""
+
+    accum_steps: int = 1
+    grad_clip: float | None = None
+    amp_dtype: torch.dtype | None = None     # None: fp32
+    label_smoothing: float = 0.0
+    class_weights: torch.Tensor | None = None
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    channels_last: bool = False
+    max_steps: int | None = None             # optimizer steps per epoch (smoke tests)
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    accuracy: float
+    clips: int
+    seconds: float
+    step: int                                 # global optimizer step after the epoch
+    failures: list = field(default_factory=list)
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.clips / self.seconds if self.seconds > 0 else 0.0
+
+
+def lr_factor_at(step: int, *, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
+    """Linear warm-up then cosine decay to `min_ratio`, as a multiplier of each group's base LR."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_lr_factor(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """lr = base_lr * factor for every group, so per-group scales (head, layer decay) survive."""
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
+
+
+def mix_batch(video: torch.Tensor, labels: torch.Tensor, num_classes: int, *, mixup_alpha: float,
+              cutmix_alpha: float, label_smoothing: float, generator: torch.Generator | None = None):
+    """MixUp or CutMix on video `[B, C, T, H, W]`: the same box on every frame; soft targets."""
+    target = F.one_hot(labels, num_classes).float()
+    target = target * (1 - label_smoothing) + label_smoothing / num_classes
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or torch.rand(1, generator=generator).item() < 0.5)
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(video.shape[0], generator=generator, device="cpu").to(video.device)
+    if use_cutmix:
+        h, w = video.shape[-2:]
+        ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+        cy, cx = torch.randint(h, (1,), generator=generator).item(), torch.randint(w, (1,), generator=generator).item()
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+        video = video.clone()
+        video[..., y0:y1, x0:x1] = video[perm][..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    else:
+        video = lam * video + (1 - lam) * video[perm]
+    return video, lam * target + (1 - lam) * target[perm]
+
+
+def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optimizer, *, device: torch.device,
+                    opts: StepOptions, num_classes: int, step: int, lr_at: Callable[[int], float],
+                    scaler: torch.amp.GradScaler | None = None, show_progress: bool = True,
+                    epoch_desc: str = "train", on_step: Callable[[int], None] | None = None) -> EpochResult:
+    """Train over `loader` once; returns the epoch's loss/accuracy reduced over all ranks.
+
+    `step` is the global optimizer step at the start (the LR schedule is per step);
+    `on_step(step)` runs after every optimizer step (periodic checkpoints).
+    """
+    model.train()
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, clips
+    failures: list = []
+    start = time.perf_counter()
+    micro = 0
+    steps_this_epoch = 0
+    bar = tqdm(loader, desc=epoch_desc, disable=not show_progress, leave=False, dynamic_ncols=True)
+    optimizer.zero_grad(set_to_none=True)
+    for batch in bar:
+        failures += batch["failures"]
+        video = batch["video"].to(device, non_blocking=True)  # [B, C, T, H, W]
+        labels = batch["label"].to(device, non_blocking=True)
+        if opts.channels_last:
+            video = video.contiguous(memory_format=torch.channels_last_3d)
+        if micro == 0:
+            set_lr_factor(optimizer, lr_at(step))
+        if opts.mixup_alpha > 0 or opts.cutmix_alpha > 0:
+            inputs, target = mix_batch(video, labels, num_classes, mixup_alpha=opts.mixup_alpha,
+                                       cutmix_alpha=opts.cutmix_alpha, label_smoothing=opts.label_smoothing)
+        else:
+            inputs, target = video, labels
+        last_micro = micro + 1 == opts.accum_steps
+        # DDP: skip the gradient all-reduce on all but the last micro-batch of an accumulation
+        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=opts.amp_dtype, enabled=opts.amp_dtype is not None):
+                logits = model(inputs)
+            loss = F.cross_entropy(logits.float(), target, weight=opts.class_weights,
+                                   label_smoothing=0.0 if target.dtype.is_floating_point else opts.label_smoothing)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"loss is {loss.item()} at step {step} ({epoch_desc}); "
+                                         "stopping with the last good checkpoint kept (lower the LR, "
+                                         "or check the data)")
+            scaled = loss / opts.accum_steps
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        micro += 1
+        n = labels.shape[0]
+        totals += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64)
+        if last_micro:
+            if opts.grad_clip:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            micro = 0
+            step += 1
+            steps_this_epoch += 1
+            if on_step is not None:
+                on_step(step)
+        elapsed = time.perf_counter() - start
+        bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}",
+                        lr=f"{optimizer.param_groups[-1]['lr']:.2e}", clips_s=f"{totals[2] / elapsed:.1f}")
+        if opts.max_steps is not None and steps_this_epoch >= opts.max_steps:
+            break
+    bar.close()
+    seconds = time.perf_counter() - start
+    totals = all_reduce_sum(totals)
+    return EpochResult(loss=float(totals[0] / max(totals[2], 1)), accuracy=float(totals[1] / max(totals[2], 1)),
+                       clips=int(totals[2]), seconds=seconds, step=step, failures=failures)

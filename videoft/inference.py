@@ -1,0 +1,131 @@
+"""Run a trained checkpoint on new videos: whole-clip predictions and sliding-window timelines.
+
+    from videoft.inference import Predictor
+    predictor = Predictor.from_checkpoint("runs/demo/best.pt")
+    predictor.predict("clip.mp4")            # {"top": [(label, prob), ...], ...}
+    predictor.timeline("match.mp4", window=2.0, stride=1.0)
+
+Everything comes from the checkpoint: backbone, clip geometry, normalisation, class names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from videoft.data.decode import VideoReader
+from videoft.data.sampling import clip_span, eval_clip_indices, union_indices
+from videoft.data.transforms import build_transform
+from videoft.engine.checkpoint import load_checkpoint
+from videoft.models.classifier import VideoClassifier, build_classifier
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[VideoClassifier, dict]:
+    """The classifier of a videoft checkpoint (eval mode on `device`) and the checkpoint dict."""
+    state = load_checkpoint(path)
+    pre = state["preprocessing"]
+    dropout = state.get("config", {}).get("model", {}).get("dropout", 0.5)
+    model = build_classifier(state["backbone"], state["num_classes"], clip_len=pre["clip_len"],
+                             crop_size=pre["crop_size"], pretrained=None, weights=None, dropout=dropout)
+    model.load_state_dict(state["model"])  # strict: a checkpoint that does not fit is an error
+    return model.to(device).eval(), state
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    label: str
+    probability: float
+
+
+class Predictor:
+    """A checkpoint ready for inference with its own preprocessing.
+
+    Args:
+        num_clips: temporal clips averaged per prediction (spread over the whole clip or window).
+        num_crops: 1 (centre) or 3 spatial crops per clip.
+    """
+
+    def __init__(self, model: VideoClassifier, state: dict, *, device: str | torch.device = "cpu",
+                 num_clips: int | None = None, num_crops: int = 1, backend: str = "auto"):
+        self.model, self.device, self.backend = model, torch.device(device), backend
+        self.classes: list[str] = list(state["classes"])
+        pre = state["preprocessing"]
+        self.clip_len, self.stride = pre["clip_len"], pre["frame_stride"]
+        self.short_side = pre["short_side"]
+        self.num_clips = num_clips or state.get("config", {}).get("data", {}).get("eval_clips", 3)
+        self.num_crops = num_crops
+        self.transform = build_transform(False, crop_size=pre["crop_size"], short_side=pre["short_side"],
+                                         mean=pre["mean"], std=pre["std"], num_crops=num_crops)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device | None = None, **kwargs) -> "Predictor":
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, state = load_model(path, device)
+        return cls(model, state, device=device, **kwargs)
+
+    @torch.no_grad()
+    def _probs(self, frames: torch.Tensor, clips_pos: list[list[int]]) -> torch.Tensor:  # -> [C]
+        views = torch.cat([self.transform(frames[pos]) for pos in clips_pos])  # [K * crops, C, T, H, W]
+        logits = torch.cat([self.model(chunk.to(self.device)) for chunk in views.split(32)])
+        return logits.float().softmax(-1).mean(0).cpu()
+
+    def predict(self, path: str | Path, topk: int = 5) -> dict:
+        """Top-k labels of a whole clip: `num_clips` clips over its full length, softmax averaged."""
+        reader = VideoReader(path, short_side=self.short_side, backend=self.backend)
+        clips = eval_clip_indices(reader.info.num_frames, self.clip_len, self.stride, self.num_clips)
+        needed, positions = union_indices(clips)
+        probs = self._probs(reader.get_frames(needed), positions)
+        return {"video": str(path), "duration": reader.info.duration, "num_frames": reader.info.num_frames,
+                "top": self._top(probs, topk), "frame_indices": clips}
+
+    def timeline(self, path: str | Path, *, window: float, stride: float, topk: int = 1,
+                 clips_per_window: int = 1, windows_per_batch: int = 16) -> dict:
+        """Predictions over sliding windows covering the whole video, and merged segments."""
+        if window <= 0 or stride <= 0:
+            raise ValueError(f"window and stride must be positive seconds, got {window}, {stride}")
+        reader = VideoReader(path, short_side=self.short_side, backend=self.backend)
+        n, fps = reader.info.num_frames, reader.info.fps
+        win_frames = max(1, int(round(window * fps)))
+        hop = max(1, int(round(stride * fps)))
+        starts = list(range(0, max(1, n - win_frames) + 1, hop))
+        if starts[-1] + win_frames < n:  # make the last window reach the end of the video
+            starts.append(n - win_frames)
+        windows = []
+        for chunk in range(0, len(starts), windows_per_batch):
+            group = starts[chunk:chunk + windows_per_batch]
+            clip_sets = [[[s + i for i in c] for c in eval_clip_indices(
+                min(win_frames, n - s), self.clip_len, self.stride, clips_per_window)] for s in group]
+            needed, _ = union_indices([c for cs in clip_sets for c in cs])
+            frames = reader.get_frames(needed)
+            where = {f: k for k, f in enumerate(needed)}
+            for s, clips in zip(group, clip_sets):
+                probs = self._probs(frames, [[where[i] for i in c] for c in clips])
+                top = self._top(probs, topk)
+                windows.append({"start": s / fps, "end": min(n, s + win_frames) / fps, "label": top[0][0],
+                                "probability": top[0][1], "top": top})
+        return {"video": str(path), "duration": n / fps, "window": window, "stride": stride,
+                "windows": windows, "segments": [s.__dict__ for s in merge_segments(windows)],
+                "min_window_span_frames": clip_span(self.clip_len, self.stride)}
+
+    def _top(self, probs: torch.Tensor, k: int) -> list[tuple[str, float]]:
+        values, idx = probs.topk(min(k, len(self.classes)))
+        return [(self.classes[i], round(float(v), 6)) for v, i in zip(values.tolist(), idx.tolist())]
+
+
+def merge_segments(windows: list[dict]) -> list[Segment]:
+    """Merge consecutive windows with the same top label (probability: their mean)."""
+    segments: list[Segment] = []
+    counts: list[int] = []
+    for w in windows:
+        if segments and segments[-1].label == w["label"] and w["start"] <= segments[-1].end:
+            seg = segments[-1]
+            seg.probability = (seg.probability * counts[-1] + w["probability"]) / (counts[-1] + 1)
+            seg.end = max(seg.end, w["end"])
+            counts[-1] += 1
+        else:
+            segments.append(Segment(w["start"], w["end"], w["label"], w["probability"]))
+            counts.append(1)
+    return segments

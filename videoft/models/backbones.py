@@ -1,0 +1,220 @@
+"""Backbone zoo: one small spec per Kinetics-400 backbone, and `build_backbone` (weights, geometry, head removal).
+
+Library quirks handled here (checked against pytorchvideo 0.1.5 / torchvision 0.29):
+- pytorchvideo ResNet/X3D/SlowFast heads average with an AvgPool3d whose kernel equals the last
+  feature map at the native clip length and crop (checked for every model below); any other geometry
+  either fails or silently averages overlapping windows. We replace it with AdaptiveAvgPool3d(1),
+  identical at the native geometry and equal to a model built for the new geometry elsewhere.
+- torchvision s3d pools with AvgPool3d((2, 7, 7), stride 1) and then takes a mean: global at 16x224,
+  but at its 64-frame training clip the edge frames get half weight. Replaced by the plain global mean.
+- X3D and R(2+1)D-50 heads apply a Softmax in train AND eval mode, after the projection: with the
+  projection removed it would softmax the features, so it is removed along with the library's
+  pre-head dropout (VideoClassifier.head has its own dropout).
+- MViT (both libraries) has positional embeddings for one clip length and crop: fixed geometry.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch.nn as nn
+import torchvision.models.video as tvv
+from pytorchvideo.models import hub as pvhub
+from pytorchvideo.models.hub import csn as _pv_csn
+from pytorchvideo.models.hub import r2plus1d as _pv_r2p1
+from pytorchvideo.models.hub import resnet as _pv_resnet
+from pytorchvideo.models.hub import slowfast as _pv_slowfast
+from pytorchvideo.models.hub import vision_transformers as _pv_vit
+from pytorchvideo.models.hub import x3d as _pv_x3d
+
+from videoft.models.weights import (
+    ON_MISSING, WeightsUnavailableError, hash_prefix_in_name, load_strict, read_checkpoint,
+    unwrap_state_dict, warn_random_init,
+)
+
+__all__ = ["BACKBONES", "BackboneSpec", "WeightsUnavailableError", "build_backbone", "get_backbone_spec"]
+
+PRETRAINED = ("kinetics400",)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a backbone needs next to its weights: builder, stage map, head name, preprocessing, source."""
+
+    name: str
+    library: str  # "pytorchvideo" | "torchvision"
+    builder: Callable[..., nn.Module]  # the library's own model (400-class head), random init
+    stages: tuple[str, ...]  # dotted submodule names, stem first; with `head` they partition all parameters
+    head: str  # dotted name of the classifier layer replaced by nn.Identity
+    clip_len: int  # frames per clip of the published training recipe
+    frame_stride: int  # sampling stride in frames (torchvision's 15 fps recipes: 2, assuming ~30 fps video)
+    crop_size: int
+    short_side: int  # resize-on-decode short side for the eval preset
+    mean: tuple[float, float, float]  # normalisation on [0, 1] RGB
+    std: tuple[float, float, float]
+    weights_url: str | None  # official Kinetics-400 checkpoint
+    weights_sha256: str | None  # sha256 prefix declared in the URL's file name (torch.hub check_hash)
+    weights_format: str  # "pytorchvideo" -> {"model_state": sd}; "torchvision" -> plain state dict
+    kinetics400_top1: float | None  # published top-1 (%)
+    slowfast_alpha: int | None = None  # SlowFast: the slow pathway takes every alpha-th frame
+    fixed_geometry: bool = False  # True: only (clip_len, crop_size) works (positional embeddings)
+    global_pools: tuple[str, ...] = ()  # fixed-kernel pools replaced by AdaptiveAvgPool3d(1)
+    head_extras: tuple[str, ...] = ()  # library dropout/softmax around the head, replaced by nn.Identity
+
+
+_PV_MEAN, _PV_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)  # PySlowFast / pytorchvideo hub preset
+_RESNET_STAGES = tuple(f"blocks.{i}" for i in range(5))
+
+
+def _pv(name: str, url: str, top1: float | None, **kw: Any) -> BackboneSpec:
+    """A pytorchvideo hub model; the URL comes from the installed hub module."""
+    kw.setdefault("short_side", 256)
+    return BackboneSpec(name=name, library="pytorchvideo",
+                        builder=functools.partial(getattr(pvhub, name), pretrained=False),
+                        mean=_PV_MEAN, std=_PV_STD, weights_url=url, weights_sha256=None,
+                        weights_format="pytorchvideo", kinetics400_top1=top1, **kw)
+
+
+def _tv(name: str, weights_enum: Any, **kw: Any) -> BackboneSpec:
+    """A torchvision model; URL, hash, crop, resize, mean/std and top-1 are read from its Weights enum."""
+    w = weights_enum.KINETICS400_V1
+    preset = w.transforms()
+    return BackboneSpec(name=name, library="torchvision",
+                        builder=functools.partial(getattr(tvv, name), weights=None),
+                        crop_size=preset.crop_size[0], short_side=min(preset.resize_size),
+                        mean=tuple(preset.mean), std=tuple(preset.std),
+                        weights_url=w.url, weights_sha256=hash_prefix_in_name(w.url),
+                        weights_format="torchvision",
+                        kinetics400_top1=w.meta["_metrics"]["Kinetics-400"]["acc@1"], **kw)
+
+
+def _x3d(name: str, clip_len: int, stride: int, crop: int, short: int, top1: float) -> BackboneSpec:
+    return _pv(name, _pv_x3d.checkpoint_paths[name], top1,
+               stages=(*_RESNET_STAGES, "blocks.5.pool"), head="blocks.5.proj",
+               clip_len=clip_len, frame_stride=stride, crop_size=crop, short_side=short,
+               global_pools=("blocks.5.pool.pool",), head_extras=("blocks.5.dropout", "blocks.5.activation"))
+
+
+_VIDEO_RESNET = dict(stages=("stem", "layer1", "layer2", "layer3", "layer4"), head="fc",
+                     clip_len=16, frame_stride=2)
+
+# Top-1 (%): pytorchvideo docs/source/model_zoo.md (30 views) where listed, else the hub docstring
+# (mvit_base_16x4; slowfast_r50's docstring says 76.4 where model_zoo.md says 76.94);
+# torchvision: Weights.meta["_metrics"].
+BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in (
+    _x3d("x3d_xs", 4, 12, 160, 182, 69.12),
+    _x3d("x3d_s", 13, 6, 160, 182, 73.33),
+    _x3d("x3d_m", 16, 5, 224, 256, 75.94),
+    _pv("slow_r50", _pv_resnet.checkpoint_paths["slow_r50"], 74.58,
+        stages=_RESNET_STAGES, head="blocks.5.proj", clip_len=8, frame_stride=8, crop_size=224,
+        global_pools=("blocks.5.pool",), head_extras=("blocks.5.dropout",)),
+    _pv("slowfast_r50", _pv_slowfast.checkpoint_paths["slowfast_r50"], 76.94,
+        stages=_RESNET_STAGES, head="blocks.6.proj", clip_len=32, frame_stride=2, crop_size=224,
+        slowfast_alpha=4, global_pools=("blocks.5.pool.0", "blocks.5.pool.1"),
+        head_extras=("blocks.6.dropout",)),
+    _pv("r2plus1d_r50", _pv_r2p1.checkpoint_paths["r2plus1d_r50"], 76.01,
+        stages=_RESNET_STAGES, head="blocks.5.proj", clip_len=16, frame_stride=4, crop_size=224,
+        global_pools=("blocks.5.pool",), head_extras=("blocks.5.dropout", "blocks.5.activation")),
+    _pv("csn_r101", _pv_csn.checkpoint_paths["csn_r101"], 77.0,
+        stages=_RESNET_STAGES, head="blocks.5.proj", clip_len=32, frame_stride=2, crop_size=224,
+        global_pools=("blocks.5.pool",)),
+    _pv("mvit_base_16x4", _pv_vit.checkpoint_paths["mvit_base_16x4"], 78.9,
+        stages=("patch_embed", "cls_positional_encoding", *(f"blocks.{i}" for i in range(16)),
+                "norm_embed"),
+        head="head.proj", clip_len=16, frame_stride=4, crop_size=224, fixed_geometry=True,
+        head_extras=("head.dropout",)),
+    _tv("r3d_18", tvv.R3D_18_Weights, **_VIDEO_RESNET),
+    _tv("mc3_18", tvv.MC3_18_Weights, **_VIDEO_RESNET),
+    _tv("r2plus1d_18", tvv.R2Plus1D_18_Weights, **_VIDEO_RESNET),
+    _tv("s3d", tvv.S3D_Weights,  # recipe: torchvision references/video_classification README (S3D)
+        stages=tuple(f"features.{i}" for i in (0, 2, 3, 5, 6, 8, 9, 10, 11, 12, 14, 15)),
+        head="classifier.1", clip_len=64, frame_stride=2,
+        global_pools=("avgpool",), head_extras=("classifier.0",)),
+    _tv("mvit_v2_s", tvv.MViT_V2_S_Weights,
+        stages=("conv_proj", "pos_encoding", *(f"blocks.{i}" for i in range(16)), "norm"),
+        head="head.1", clip_len=16, frame_stride=4, fixed_geometry=True, head_extras=("head.0",)),
+    _tv("swin3d_t", tvv.Swin3D_T_Weights,
+        stages=("patch_embed", *(f"features.{i}" for i in range(7)), "norm"),
+        head="head", clip_len=32, frame_stride=2),
+)}
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    """The spec of a zoo backbone by name."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; allowed: {sorted(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def build_backbone(spec: BackboneSpec, *, clip_len: int | None = None, crop_size: int | None = None,
+                   pretrained: str | None = None, weights: str | None = None,
+                   on_missing_weights: str = "error", model_dir: str | None = None) -> tuple[nn.Module, int]:
+    """Build the library model, load weights strictly, make pooling geometry-free, drop the head.
+
+    Returns (backbone, D): `backbone(x)` gives pooled features [B, D] (SlowFast takes [slow, fast]).
+    pretrained: "kinetics400" downloads spec.weights_url through torch.hub (cache: model_dir).
+    weights: a local path or a URL (file:// included) of a checkpoint in spec.weights_format.
+    on_missing_weights: "error" raises WeightsUnavailableError when the weights cannot be fetched;
+        "random" logs a loud warning and keeps the random init.
+    clip_len/crop_size: checked against fixed-geometry models; other models accept any geometry.
+    """
+    clip_len = spec.clip_len if clip_len is None else clip_len
+    crop_size = spec.crop_size if crop_size is None else crop_size
+    _check_geometry(spec, clip_len, crop_size)
+    if pretrained is not None and pretrained not in PRETRAINED:
+        raise ValueError(f"pretrained={pretrained!r}; allowed: None, {', '.join(map(repr, PRETRAINED))}")
+    if on_missing_weights not in ON_MISSING:
+        raise ValueError(f"on_missing_weights={on_missing_weights!r}; allowed: {ON_MISSING}")
+    if pretrained is not None and weights is not None:
+        raise ValueError(f"give pretrained={pretrained!r} or weights={weights!r}, not both")
+
+    model = spec.builder()
+    source, check_hash = weights, True
+    if pretrained is not None:
+        if spec.weights_url is None:
+            raise ValueError(f"{spec.name} has no official {pretrained} weights; pass weights=<path>")
+        if hash_prefix_in_name(spec.weights_url) != spec.weights_sha256:
+            raise ValueError(f"{spec.name}: weights_sha256={spec.weights_sha256!r} is not the hash in "
+                             f"the file name of {spec.weights_url}")
+        source, check_hash = spec.weights_url, spec.weights_sha256 is not None
+    if source is not None:
+        try:
+            checkpoint = read_checkpoint(source, model_dir=model_dir, check_hash=check_hash)
+        except WeightsUnavailableError as e:
+            if on_missing_weights == "error":
+                raise
+            warn_random_init(source, e)
+        else:
+            load_strict(model, unwrap_state_dict(checkpoint, spec.weights_format, source), source)
+
+    for name in spec.global_pools:
+        _replace(model, name, nn.AdaptiveAvgPool3d(1))
+    for name in spec.head_extras:
+        _replace(model, name, nn.Identity())
+    head = model.get_submodule(spec.head)
+    if isinstance(head, nn.Linear):
+        dim = head.in_features
+    elif isinstance(head, nn.Conv3d):
+        dim = head.in_channels
+    else:
+        raise TypeError(f"{spec.name}: head {spec.head} is a {type(head).__name__}, not Linear/Conv3d")
+    _replace(model, spec.head, nn.Identity())
+    return model, dim
+
+
+def _check_geometry(spec: BackboneSpec, clip_len: int, crop_size: int) -> None:
+    if clip_len < 1 or crop_size < 1:
+        raise ValueError(f"clip_len={clip_len}, crop_size={crop_size}: both must be positive")
+    if spec.fixed_geometry and (clip_len, crop_size) != (spec.clip_len, spec.crop_size):
+        raise ValueError(
+            f"{spec.name} only takes clip_len={spec.clip_len}, crop_size={spec.crop_size} (its positional "
+            f"embeddings are sized for them); got clip_len={clip_len}, crop_size={crop_size}")
+
+
+def _replace(model: nn.Module, dotted: str, new: nn.Module) -> None:
+    """Swap the submodule at a dotted path (works for Sequential/ModuleList indices too)."""
+    parent_name, _, child = dotted.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    model.get_submodule(dotted)  # raises AttributeError naming the path if it does not exist
+    setattr(parent, child, new)

@@ -1,0 +1,63 @@
+"""VideoClassifier: a feature backbone (`.backbone`) plus a new linear head (`.head`) for our classes."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from videoft.models.backbones import build_backbone, get_backbone_spec
+from videoft.models.freezing import apply_frozen_modes
+
+
+class VideoClassifier(nn.Module):
+    """Backbone features [B, D] -> dropout -> linear logits; frozen BatchNorm stays in eval mode.
+
+    Stage names used by freezing and LR groups are "backbone.<stage>" (BackboneSpec.stages) and "head".
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, *,
+                 dropout: float = 0.5, slowfast_alpha: int | None = None) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes={num_classes}; must be >= 1")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout}; allowed: 0 <= dropout < 1")
+        if slowfast_alpha is not None and slowfast_alpha < 1:
+            raise ValueError(f"slowfast_alpha={slowfast_alpha}; allowed: None or >= 1")
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+        self.slowfast_alpha = slowfast_alpha
+        # Names (relative to this model) of BatchNorm modules kept in eval mode; set by freezing.py.
+        self.frozen_bn_modules: set[str] = set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B, num_classes]
+        if x.ndim != 5:
+            raise ValueError(f"expected a clip batch [B, C, T, H, W], got shape {tuple(x.shape)}")
+        # SlowFast takes [slow, fast]; building the pathways here keeps the data pipeline one-tensor.
+        inputs = [x[:, :, :: self.slowfast_alpha], x] if self.slowfast_alpha else x
+        features = self.backbone(inputs)  # [B, D]
+        if features.ndim != 2 or features.shape[1] != self.feature_dim:
+            raise RuntimeError(f"backbone returned {tuple(features.shape)}, expected [B, {self.feature_dim}]")
+        return self.head(features)
+
+    def train(self, mode: bool = True) -> VideoClassifier:
+        """Like nn.Module.train, then put frozen BatchNorm back in eval mode (mmaction2's norm_eval)."""
+        super().train(mode)
+        if mode:
+            apply_frozen_modes(self)
+        return self
+
+
+def build_classifier(name: str, num_classes: int, *, clip_len: int | None = None,
+                     crop_size: int | None = None, pretrained: str | None = None,
+                     weights: str | None = None, on_missing_weights: str = "error",
+                     dropout: float = 0.5, model_dir: str | None = None) -> VideoClassifier:
+    """A zoo backbone (see build_backbone for the weight arguments) with a fresh num_classes head."""
+    spec = get_backbone_spec(name)
+    backbone, dim = build_backbone(spec, clip_len=clip_len, crop_size=crop_size, pretrained=pretrained,
+                                   weights=weights, on_missing_weights=on_missing_weights,
+                                   model_dir=model_dir)
+    model = VideoClassifier(backbone, dim, num_classes, dropout=dropout, slowfast_alpha=spec.slowfast_alpha)
+    model.backbone_name = name
+    return model
