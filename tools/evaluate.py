@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                       "frame_stride": pre["frame_stride"], "crop_size": pre["crop_size"],
                       "short_side": pre["short_side"]},
             "class_names": classes,
-            "per_video": [{"path": samples[i].path, "label": classes[samples[i].label],
+            "per_video": [{"path": samples[i].path, "label": samples[i].label, "class": classes[samples[i].label],
                            "frame_indices": fi, "crops": args.crops}
                           for i, fi in zip(pred.indices, pred.frame_indices)],
         }

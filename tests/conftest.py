@@ -1,0 +1,127 @@
+"""Shared fixtures: small real video files written with PyAV (no dependency on videoft).
+
+Lossless videos (`libx264rgb`, `crf=0`, rgb24) fill frame t with the value
+`frame_value(t) = (5 * t) % 256`, so a decoded pixel names the frame it came from.
+Lossy videos are plain H.264 yuv420p mp4, like most real data.
+"""
+from __future__ import annotations
+
+import itertools
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Mapping
+
+import av
+import numpy as np
+import pytest
+
+
+def frame_value(t: int) -> int:
+    """The pixel value of frame `t` in the videos written here."""
+    return (5 * t) % 256
+
+
+def write_test_video(path: str | Path, frames: np.ndarray, *, fps: int = 25, lossless: bool = True,
+                     faststart: bool = False) -> Path:
+    """Encode `frames` ([T, H, W, 3] uint8 RGB) to an H.264 mp4 (lossless RGB or yuv420p).
+
+    `faststart` moves the index (frame count included) to the front of the file, so a
+    truncated copy still opens and over-reports its frames.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t, h, w, _ = frames.shape
+    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"} if faststart else {}) as out:
+        if lossless:
+            stream = out.add_stream("libx264rgb", rate=Fraction(fps))
+            stream.pix_fmt = "rgb24"
+            stream.options = {"crf": "0", "preset": "ultrafast", "threads": "1"}
+        else:
+            stream = out.add_stream("libx264", rate=Fraction(fps))
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "23", "preset": "ultrafast", "threads": "1", "g": "8"}
+        stream.width, stream.height = w, h
+        for i in range(t):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def constant_frames(num_frames: int, width: int, height: int, offset: int = 0) -> np.ndarray:  # [T, H, W, 3]
+    """Frame t filled with `frame_value(t) + offset` (mod 256)."""
+    values = (np.array([frame_value(t) for t in range(num_frames)]) + offset) % 256
+    return np.broadcast_to(values.astype(np.uint8)[:, None, None, None], (num_frames, height, width, 3)).copy()
+
+
+def textured_frames(num_frames: int, width: int, height: int) -> np.ndarray:  # [T, H, W, 3]
+    """Moving gradients: something for a lossy encoder and a scaler to work on."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    for t in range(num_frames):
+        frames[t, ..., 0] = (xx * 4 + t * 3) % 256
+        frames[t, ..., 1] = (yy * 5) % 256
+        frames[t, ..., 2] = frame_value(t)
+    return frames
+
+
+@pytest.fixture(scope="session")
+def video_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("videos")
+
+
+@pytest.fixture(scope="session")
+def make_video(video_dir) -> Callable[..., Path]:
+    """Factory: `make_video(path=None, num_frames=30, width=64, height=48, lossless=True, fps=25)`.
+
+    Lossless videos hold `frame_value(t)` in frame t; lossy ones moving gradients.
+    `path` None writes a fresh file in a session folder.
+    """
+    counter = itertools.count()
+
+    def make(path: str | Path | None = None, *, num_frames: int = 30, width: int = 64, height: int = 48,
+             lossless: bool = True, fps: int = 25, faststart: bool = False) -> Path:
+        if path is None:
+            path = video_dir / f"video_{next(counter)}.mp4"
+        frames = constant_frames(num_frames, width, height) if lossless \
+            else textured_frames(num_frames, width, height)
+        return write_test_video(path, frames, fps=fps, lossless=lossless, faststart=faststart)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def lossless_video(make_video) -> Path:
+    """64x48 (landscape), 30 frames at 25 fps, frame t filled with frame_value(t)."""
+    return make_video(num_frames=30, width=64, height=48)
+
+
+@pytest.fixture(scope="session")
+def lossy_video(make_video) -> Path:
+    """64x48 H.264 yuv420p, 30 frames of moving gradients."""
+    return make_video(num_frames=30, width=64, height=48, lossless=False)
+
+
+@pytest.fixture(scope="session")
+def make_class_folder() -> Callable[..., Path]:
+    """Factory: `make_class_folder(root, {class: n_videos}, num_frames=20, ...)` -> root.
+
+    Writes `root/<class>/v_<class>_gNN_cMM.mp4` (UCF101 names): `per_group` clips per
+    group, groups numbered from 1. Frame t of class k is filled with
+    `frame_value(t) + 40 * k` (lossy, so only approximately).
+    """
+
+    def make(root: str | Path, counts: Mapping[str, int], *, num_frames: int = 20, width: int = 64,
+             height: int = 48, per_group: int = 2, fps: int = 25) -> Path:
+        root = Path(root)
+        for k, (name, n) in enumerate(sorted(counts.items())):
+            frames = constant_frames(num_frames, width, height, offset=40 * k)
+            for i in range(n):
+                group, clip = i // per_group + 1, i % per_group + 1
+                write_test_video(root / name / f"v_{name}_g{group:02d}_c{clip:02d}.mp4", frames,
+                                 fps=fps, lossless=False)
+        return root
+
+    return make
