@@ -56,14 +56,15 @@ def constant_frames(num_frames: int, width: int, height: int, offset: int = 0) -
     return np.broadcast_to(values.astype(np.uint8)[:, None, None, None], (num_frames, height, width, 3)).copy()
 
 
-def textured_frames(num_frames: int, width: int, height: int) -> np.ndarray:  # [T, H, W, 3]
-    """Moving gradients: something for a lossy encoder and a scaler to work on."""
+def textured_frames(num_frames: int, width: int, height: int, offset: int = 0) -> np.ndarray:  # [T, H, W, 3]
+    """Moving gradients (red, green) over blue = `frame_value(t) + offset`: something for a
+    lossy encoder, a scaler and a random crop to work on."""
     yy, xx = np.mgrid[0:height, 0:width]
     frames = np.empty((num_frames, height, width, 3), np.uint8)
     for t in range(num_frames):
         frames[t, ..., 0] = (xx * 4 + t * 3) % 256
         frames[t, ..., 1] = (yy * 5) % 256
-        frames[t, ..., 2] = frame_value(t)
+        frames[t, ..., 2] = (frame_value(t) + offset) % 256
     return frames
 
 
@@ -109,15 +110,15 @@ def make_class_folder() -> Callable[..., Path]:
     """Factory: `make_class_folder(root, {class: n_videos}, num_frames=20, ...)` -> root.
 
     Writes `root/<class>/v_<class>_gNN_cMM.mp4` (UCF101 names): `per_group` clips per
-    group, groups numbered from 1. Frame t of class k is filled with
-    `frame_value(t) + 40 * k` (lossy, so only approximately).
+    group, groups numbered from 1. Frames are `textured_frames`, the blue channel of
+    frame t of class k (in sorted order) being `frame_value(t) + 40 * k` (lossy: roughly).
     """
 
     def make(root: str | Path, counts: Mapping[str, int], *, num_frames: int = 20, width: int = 64,
              height: int = 48, per_group: int = 2, fps: int = 25) -> Path:
         root = Path(root)
         for k, (name, n) in enumerate(sorted(counts.items())):
-            frames = constant_frames(num_frames, width, height, offset=40 * k)
+            frames = textured_frames(num_frames, width, height, offset=40 * k)
             for i in range(n):
                 group, clip = i // per_group + 1, i % per_group + 1
                 write_test_video(root / name / f"v_{name}_g{group:02d}_c{clip:02d}.mp4", frames,

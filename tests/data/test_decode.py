@@ -85,10 +85,37 @@ def test_pyav_matches_decord_on_lossy_video(lossy_video, short_side):
         assert distance[i] < 3
 
 
+@pytest.mark.parametrize("fmt,codec,name", [("avi", "mpeg4", "xvid_like.avi"), ("matroska", "libx264", "h264.mkv"),
+                                             ("webm", "libvpx-vp9", "vp9.webm")])
+def test_other_containers_and_codecs(tmp_path, fmt, codec, name):
+    """UCF101-like MPEG-4 AVI, Matroska (no frame count in the header), VP9 WebM."""
+    path = tmp_path / name
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=Fraction(25))
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"qscale": "2"} if codec == "mpeg4" else {}
+        for t in range(30):
+            image = np.full((48, 64, 3), frame_value(t), np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    indices = [29, 0, 15]
+    decoded = {}
+    for backend in BACKENDS:
+        reader = VideoReader(path, backend=backend)
+        assert reader.info.num_frames == 30 and reader.backend == backend
+        decoded[backend] = reader.get_frames(indices)
+    assert torch.equal(decoded["decord"], decoded["pyav"])
+    for k, i in enumerate(indices):  # lossy (and limited-range YUV): close to the frame's value
+        assert abs(decoded["pyav"][k].float().mean().item() - frame_value(i)) < 6
+
+
 # ---------------------------------------------------------------------------- resize on decode
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("width,height,short_side", [(64, 48, 32), (64, 48, 100), (40, 56, 20), (40, 56, 32)])
+@pytest.mark.parametrize("width,height,short_side", [(64, 48, 32), (64, 48, 100), (40, 56, 20), (40, 56, 32),
+                                                     (40, 40, 33)])
 def test_resize_on_decode_keeps_aspect(make_video, backend, width, height, short_side):
     path = make_video(num_frames=6, width=width, height=height)
     reader = VideoReader(path, backend=backend, short_side=short_side)
@@ -96,7 +123,7 @@ def test_resize_on_decode_keeps_aspect(make_video, backend, width, height, short
     out_w, out_h = resized_shape(width, height, short_side)
     assert frames.shape == (2, out_h, out_w, 3)
     assert min(out_w, out_h) == short_side
-    assert (out_w > out_h) == (width > height)  # landscape stays landscape, portrait portrait
+    assert (out_w > out_h, out_w < out_h) == (width > height, width < height)  # orientation kept
     assert out_w / out_h == pytest.approx(width / height, rel=0.05)
     assert reader.info.width == width and reader.info.height == height  # info is the source size
     assert_frames(frames, [0, 5])  # constant frames stay exact through the scaler
@@ -109,6 +136,9 @@ def test_resize_on_decode_keeps_aspect(make_video, backend, width, height, short
     (64, 48, 48, (64, 48)),
     (1920, 1080, 112, (200, 112)),
     (64, 48, None, (64, 48)),
+    (64, 64, 32, (32, 32)),
+    (64, 64, 33, (33, 33)),  # square stays square with an odd short side
+    (101, 100, 51, (52, 51)),
 ])
 def test_resized_shape(width, height, short_side, expected):
     assert resized_shape(width, height, short_side) == expected
@@ -217,6 +247,33 @@ def test_probe_bad_file_raises_video_decode_error(tmp_path, make_video, kind):
 
 def test_probe_zero_frame_video_reports_zero_frames(tmp_path):
     assert probe(_zero_frame_video(tmp_path / "empty.avi")).num_frames == 0
+
+
+class _ErrorDataset(torch.utils.data.Dataset):
+    """Hands back the error a worker caught, as the clip dataset hands back failures."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        try:
+            VideoReader(self.path)
+        except VideoDecodeError as err:
+            return err
+
+
+def _keep(batch):
+    return batch
+
+
+def test_decode_error_survives_a_dataloader_worker(tmp_path):
+    path = tmp_path / "not_there.mp4"
+    (err,) = next(iter(torch.utils.data.DataLoader(_ErrorDataset(path), num_workers=1, collate_fn=_keep)))
+    assert isinstance(err, VideoDecodeError)
+    assert err.path == str(path) and err.reason == "file does not exist"
 
 
 def test_decode_error_survives_pickling(tmp_path):

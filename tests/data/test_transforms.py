@@ -81,10 +81,19 @@ def test_eval_centre_crop():
     out = EvalPreset(crop_size=32, short_side=40, mean=MEAN, std=STD)(clip)
     assert out.shape == (1, 3, 5, 32, 32)  # [crops, C, T, crop, crop]
     assert out.dtype == torch.float32
-    # deterministic, and centred: resized to 53x40 (w x h), the crop starts at x = 10 or 11
-    assert torch.equal(out, EvalPreset(crop_size=32, short_side=40, mean=MEAN, std=STD)(clip))
-    full = EvalPreset(crop_size=40, short_side=40, mean=MEAN, std=STD)(gradient_clip(5, 48, 48))
-    assert full.shape == (1, 3, 5, 40, 40)
+    assert torch.equal(out, EvalPreset(crop_size=32, short_side=40, mean=MEAN, std=STD)(clip))  # no randomness
+    # centred: left half dark, right half bright; no resize (short side already 48): the
+    # 32-wide crop from x = 16 holds 16 dark then 16 bright columns
+    halves = torch.zeros(2, 48, 64, 3, dtype=torch.uint8)
+    halves[:, :, 32:] = 255
+    out = EvalPreset(crop_size=32, short_side=48, mean=(0.0,) * 3, std=(1.0,) * 3)(halves)[0]  # [C, T, h, w]
+    assert out.shape == (3, 2, 32, 32)
+    assert torch.all(out[..., :16] == 0) and torch.all(out[..., 16:] == 1)
+    # and vertically centred on a portrait clip
+    halves = torch.zeros(2, 64, 48, 3, dtype=torch.uint8)
+    halves[:, 32:] = 255
+    out = EvalPreset(crop_size=32, short_side=48, mean=(0.0,) * 3, std=(1.0,) * 3)(halves)[0]
+    assert torch.all(out[..., :16, :] == 0) and torch.all(out[..., 16:, :] == 1)
 
 
 @pytest.mark.parametrize("height,width", [(48, 64), (64, 48)])

@@ -63,6 +63,8 @@ def resized_shape(width: int, height: int, short_side: int | None) -> tuple[int,
     if not short_side:
         return width, height
     long_side = max(2, int(round(max(width, height) * short_side / min(width, height) / 2)) * 2)
+    # never below the short side: rounding to even would turn a square 33x33 into 33x32
+    long_side = max(long_side, short_side)
     return (short_side, long_side) if width <= height else (long_side, short_side)
 
 

@@ -37,8 +37,8 @@ def train_clip_indices(num_frames: int, clip_len: int, stride: int, rng: random.
 def eval_clip_starts(num_frames: int, clip_len: int, stride: int, num_clips: int) -> list[int]:
     """Start frames of `num_clips` clips spread uniformly over the whole video.
 
-    The clips' centres are placed at the centres of `num_clips` equal segments of the
-    video (PySlowFast's uniform temporal sampling); one clip is the centre clip.
+    The first clip starts at frame 0, the last one ends at the last frame, and the starts
+    in between are evenly spaced (rounded to whole frames); a single clip is the centre clip.
     """
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")

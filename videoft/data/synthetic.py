@@ -43,6 +43,8 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 FPS = 25
 MIN_FRAMES = 32
 MAX_FRAMES = 64
+BALL_RADIUS = (0.11, 0.17)  # fraction of the frame height
+CROSS_FRAMES = (24.0, 48.0)  # frames a rolling/thrown ball takes to cross the frame
 COMPLETE_MARKER = ".complete"
 
 _SPLIT_ID = {"train": 0, "val": 1, "test": 2}
@@ -131,13 +133,13 @@ def _background(rng: np.random.Generator, h: int, w: int, ground_y: int) -> np.n
     # Linear gradient in a random direction.
     ang = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(ang) * (xx / w - 0.5) + np.sin(ang) * (yy / h - 0.5))[..., None]
-    img += ramp * rng.uniform(-70, 70, 3).astype(np.float32)
+    img += ramp * rng.uniform(-50, 50, 3).astype(np.float32)
 
     # Soft colour blobs (some ball-sized, so "a round thing" alone is not the ball).
-    for _ in range(int(rng.integers(3, 9))):
+    for _ in range(int(rng.integers(2, 7))):
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-        s = rng.uniform(0.03, 0.25) * h
-        amp = rng.uniform(-80, 80, 3).astype(np.float32)
+        s = rng.uniform(0.06, 0.3) * h
+        amp = rng.uniform(-50, 50, 3).astype(np.float32)
         g = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))
         img += g[..., None] * amp
 
@@ -145,12 +147,12 @@ def _background(rng: np.random.Generator, h: int, w: int, ground_y: int) -> np.n
     floor_tint = rng.uniform(-60, 60, 3).astype(np.float32)
     img[ground_y:] += floor_tint
     line_col = rng.uniform(0, 255, 3).astype(np.float32)
-    thick = int(rng.integers(1, 3))
+    thick = max(1, int(round(rng.uniform(0.012, 0.025) * h)))
     img[ground_y : ground_y + thick] = line_col
 
     # Static fine texture (low-res noise upsampled by repetition).
     cell = int(rng.integers(2, 6))
-    tex = rng.normal(0, rng.uniform(2, 12), ((h + cell - 1) // cell, (w + cell - 1) // cell, 1))
+    tex = rng.normal(0, rng.uniform(2, 7), ((h + cell - 1) // cell, (w + cell - 1) // cell, 1))
     tex = np.repeat(np.repeat(tex, cell, 0), cell, 1)[:h, :w].astype(np.float32)
     img += tex
     return np.clip(img, 0, 255)
@@ -221,30 +223,25 @@ def _trajectory(
         x = rng.uniform(0.25, 0.75) * w + drift * (t - n / 2)
         omega = rng.uniform(-0.05, 0.05)
         ang = theta0 + omega * t
-    elif cls == "roll":
-        span = rng.uniform(0.55, 1.0) * (w + 2 * r)
-        v = span / n
-        start = rng.uniform(-r, w + r - span) if w + r - span > -r else -r
-        x = start + v * t
+    elif cls in ("roll", "throw"):
+        # The ball crosses the frame from just outside one edge to just outside the
+        # other in `period` frames, then the next ball comes in (the wrap happens
+        # while it is fully out of view). Same speed law for both classes.
+        period = rng.uniform(CROSS_FRAMES[0], CROSS_FRAMES[1])
+        u = ((t + rng.uniform(0, period)) % period) / period  # 0..1 across the frame
+        x = -r + u * (w + 2 * r)
         if direction < 0:
             x = w - x
-        y = np.full(n, rest_y) + rng.normal(0, 0.15, n)
-        ang = theta0 + direction * (v / r) * t  # rolling without slipping
-    elif cls == "throw":
-        span = rng.uniform(0.55, 1.0) * (w + 2 * r)
-        v = span / n
-        start = rng.uniform(-r, w + r - span) if w + r - span > -r else -r
-        x = start + v * t
-        if direction < 0:
-            x = w - x
-        u = t / max(n - 1, 1)
-        u_apex = rng.uniform(0.35, 0.65)
-        apex_y = rest_y - rng.uniform(0.6, 1.0) * avail
-        low_y = rest_y - rng.uniform(0.05, 0.25) * avail  # lower end stays above the ground
-        k = (low_y - apex_y) / max(u_apex, 1 - u_apex) ** 2
-        y = apex_y + k * (u - u_apex) ** 2
-        omega = rng.uniform(-0.08, 0.08)
-        ang = theta0 + omega * t
+        if cls == "roll":
+            y = np.full(n, rest_y) + rng.normal(0, 0.15, n)
+            ang = theta0 + direction * ((w + 2 * r) / period / r) * t  # rolling without slipping
+        else:
+            u_apex = rng.uniform(0.4, 0.6)
+            apex_y = rest_y - rng.uniform(0.6, 1.0) * avail
+            low_y = rest_y - rng.uniform(0.1, 0.3) * avail  # the lower end stays above the ground
+            k = (low_y - apex_y) / max(u_apex, 1 - u_apex) ** 2
+            y = apex_y + k * (u - u_apex) ** 2
+            ang = theta0 + rng.uniform(-0.08, 0.08) * t
     elif cls == "spin":
         x = np.full(n, rng.uniform(0.2, 0.8) * w)
         if rng.random() < 0.5:
@@ -269,15 +266,15 @@ def render_clip(cls: str, rng: np.random.Generator, width: int, height: int) -> 
     n = int(rng.integers(MIN_FRAMES, MAX_FRAMES + 1))
     ground_y = int(round(rng.uniform(0.68, 0.9) * height))
     bg = _background(rng, height, width, ground_y)
-    r = float(rng.uniform(0.07, 0.12) * height)
+    r = float(rng.uniform(*BALL_RADIUS) * height)
     sky = bg[:ground_y].reshape(-1, 3).mean(axis=0)
-    col_a = _random_colour(rng, [sky], 60.0)
-    col_b = _random_colour(rng, [sky, col_a], 45.0)
+    col_a = _random_colour(rng, [sky], 80.0)
+    col_b = _random_colour(rng, [sky, col_a], 50.0)
     x, y, ang = _trajectory(cls, rng, n, width, height, r, ground_y)
 
     # Sensor noise: per-pixel, per-frame, grey (same on all channels); uniform
     # integers are ~3x cheaper to draw than normals and look the same after x264.
-    amp = int(rng.integers(2, 8))
+    amp = int(rng.integers(2, 7))
     noise = rng.integers(-amp, amp + 1, (n, height, width, 1), dtype=np.int16)
 
     frames = np.empty((n, height, width, 3), dtype=np.int16)
