@@ -126,3 +126,20 @@ def make_class_folder() -> Callable[..., Path]:
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_motion_dataset(tmp_path_factory) -> Path:
+    """The demo generator at a tiny size: 4 motion classes, split folders, 64x48 H.264 mp4s."""
+    from videoft.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny_motion") / "data"
+    generate_dataset(root, per_split_counts={"train": 3, "val": 2, "test": 2}, width=64, height=48, seed=0)
+    return root
+
+
+TINY_TRAIN_OVERRIDES = [
+    "model.backbone=x3d_xs", "data.clip_len=4", "data.frame_stride=2", "data.crop_size=32",
+    "data.short_side=40", "data.batch_size=4", "data.num_workers=0", "data.eval_clips=2",
+    "train.threads=1", "optim.lr=0.05", "optim.warmup_epochs=0",
+]

@@ -61,6 +61,8 @@ class BackboneSpec:
     fixed_geometry: bool = False  # True: only (clip_len, crop_size) works (positional embeddings)
     global_pools: tuple[str, ...] = ()  # fixed-kernel pools replaced by AdaptiveAvgPool3d(1)
     head_extras: tuple[str, ...] = ()  # library dropout/softmax around the head, replaced by nn.Identity
+    min_clip_len: int = 1  # smallest geometry the architecture runs at (measured)
+    min_crop_size: int = 1
 
 
 _PV_MEAN, _PV_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)  # PySlowFast / pytorchvideo hub preset
@@ -130,7 +132,7 @@ BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in (
     _tv("s3d", tvv.S3D_Weights,  # recipe: torchvision references/video_classification README (S3D)
         stages=tuple(f"features.{i}" for i in (0, 2, 3, 5, 6, 8, 9, 10, 11, 12, 14, 15)),
         head="classifier.1", clip_len=64, frame_stride=2,
-        global_pools=("avgpool",), head_extras=("classifier.0",)),
+        global_pools=("avgpool",), head_extras=("classifier.0",), min_clip_len=5, min_crop_size=17),
     _tv("mvit_v2_s", tvv.MViT_V2_S_Weights,
         stages=("conv_proj", "pos_encoding", *(f"blocks.{i}" for i in range(16)), "norm"),
         head="head.1", clip_len=16, frame_stride=4, fixed_geometry=True, head_extras=("head.0",)),
@@ -204,8 +206,9 @@ def build_backbone(spec: BackboneSpec, *, clip_len: int | None = None, crop_size
 
 
 def _check_geometry(spec: BackboneSpec, clip_len: int, crop_size: int) -> None:
-    if clip_len < 1 or crop_size < 1:
-        raise ValueError(f"clip_len={clip_len}, crop_size={crop_size}: both must be positive")
+    if clip_len < spec.min_clip_len or crop_size < spec.min_crop_size:
+        raise ValueError(f"{spec.name} needs clip_len >= {spec.min_clip_len} and crop_size >= "
+                         f"{spec.min_crop_size}; got clip_len={clip_len}, crop_size={crop_size}")
     if spec.fixed_geometry and (clip_len, crop_size) != (spec.clip_len, spec.crop_size):
         raise ValueError(
             f"{spec.name} only takes clip_len={spec.clip_len}, crop_size={spec.crop_size} (its positional "

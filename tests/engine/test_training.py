@@ -1,0 +1,187 @@
+"""The training recipe end to end: tools/train.py on tiny real videos, checkpoints, resume, early stopping."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY_TRAIN_OVERRIDES
+from videoft.config import load_config
+from videoft.engine.checkpoint import load_checkpoint
+from videoft.engine.train import lr_factor_at
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN = [sys.executable, str(REPO / "tools" / "train.py"), str(REPO / "configs" / "demo.yaml")]
+
+
+def run_train(out_dir: Path, data: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = TRAIN + [f"data.root={data}", f"out_dir={out_dir}", *TINY_TRAIN_OVERRIDES, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if atol == 0.0:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-4, msg=k)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    f = [lr_factor_at(s, total_steps=10, warmup_steps=2, min_ratio=0.1) for s in range(11)]
+    assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(1.0)
+    assert f[2] == pytest.approx(1.0) and f[10] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(f[2:], f[3:]))
+
+
+def test_smoke_run_writes_loadable_checkpoints(tmp_path, tiny_motion_dataset):
+    out = tmp_path / "run"
+    proc = run_train(out, tiny_motion_dataset, "train.epochs=2", "train.max_steps_per_epoch=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("last.pt", "best.pt", "config.yaml", "classes.txt", "metrics.jsonl", "train_curves.png",
+                 "splits.json", "summary.json"):
+        assert (out / name).is_file(), name
+    state = torch.load(out / "last.pt", weights_only=True)  # plain containers only
+    assert state["classes"] == ["bounce", "roll", "spin", "throw"]
+    assert state["epoch"] == 2 and state["step"] == 4
+    assert state["preprocessing"]["clip_len"] == 4 and state["preprocessing"]["crop_size"] == 32
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(0 <= r["val_top1"] <= 1 for r in rows)
+    assert list((out / "tensorboard").iterdir()), "no TensorBoard event files"
+    assert "val top1" in proc.stdout  # the one-line epoch summary
+
+
+def test_config_error_lists_every_problem(tmp_path):
+    proc = subprocess.run(TRAIN + ["data.root=", "optim.lr=-1", "model.bogus=1", "train.amp=fp8"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    for needle in ("data.root", "optim.lr", "model.bogus", "train.amp"):
+        assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_corrupt_videos_are_skipped_and_listed(tmp_path, tiny_motion_dataset):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_motion_dataset, data)
+    (data / "train" / "spin" / "broken.mp4").write_text("not a video")
+    (data / "train" / "roll" / "empty.mp4").write_bytes(b"")
+    out = tmp_path / "run"
+    proc = run_train(out, data, "train.epochs=1", "data.batch_size=14")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    skipped = json.loads((out / "skipped_videos.json").read_text())
+    assert set(Path(p).name for p in skipped) == {"broken.mp4", "empty.mp4"}
+    assert all(skipped.values())  # each with a reason
+    assert "broken.mp4" in proc.stdout
+
+
+def test_resume_refuses_changed_classes(tmp_path, tiny_motion_dataset):
+    import shutil
+
+    out = tmp_path / "run"
+    assert run_train(out, tiny_motion_dataset, "train.epochs=1", "train.max_steps_per_epoch=1").returncode == 0
+    data = tmp_path / "other"
+    shutil.copytree(tiny_motion_dataset, data)
+    for split in ("train", "val", "test"):
+        shutil.rmtree(data / split / "spin")
+    proc = run_train(out, data, "train.epochs=2", "resume=auto")
+    assert proc.returncode == 2
+    assert "cannot resume" in proc.stderr and "classes differ" in proc.stderr
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_identical_weights(tmp_path, tiny_motion_dataset):
+    """SIGKILL mid-epoch, resume from last.pt: final weights equal an uninterrupted run's."""
+    common = ["train.epochs=2", "train.checkpoint_every_steps=1", "model.dropout=0.3"]
+    ref = tmp_path / "ref"
+    assert run_train(ref, tiny_motion_dataset, *common).returncode == 0
+    out = tmp_path / "killed"
+    cmd = TRAIN + [f"data.root={tiny_motion_dataset}", f"out_dir={out}", *TINY_TRAIN_OVERRIDES, *common]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    deadline = time.time() + 240
+    try:
+        # wait until a mid-epoch checkpoint of the second epoch exists, then kill without warning
+        while time.time() < deadline:
+            if (out / "last.pt").exists():
+                try:
+                    state = load_checkpoint(out / "last.pt")
+                except ValueError:
+                    state = None
+                if state and state["epoch"] == 1 and state["epoch_step"] >= 1:
+                    break
+            if proc.poll() is not None:
+                pytest.fail("training ended before it could be killed")
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_at = load_checkpoint(out / "last.pt")
+    assert killed_at["step"] < 6  # really interrupted
+    resumed = run_train(out, tiny_motion_dataset, *common, "resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    assert_same_weights(weights(ref / "last.pt"), weights(out / "last.pt"))
+    assert load_checkpoint(out / "last.pt")["step"] == load_checkpoint(ref / "last.pt")["step"]
+
+
+@pytest.mark.slow
+def test_early_stopping_and_best_checkpoint(tmp_path, tiny_motion_dataset):
+    """With LR 0 the val metric cannot improve after epoch 1: stop after `patience` more epochs."""
+    out = tmp_path / "run"
+    proc = run_train(out, tiny_motion_dataset, "train.epochs=10", "train.early_stop_patience=2",
+                     "optim.lr=1e-12", "train.max_steps_per_epoch=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_early"] is True
+    assert summary["epochs_run"] == 3
+    assert summary["best_metric"]["epoch"] == 1
+    assert load_checkpoint(out / "best.pt")["epoch"] == 1
+    assert load_checkpoint(out / "last.pt")["epoch"] == 3
+
+
+def _torchrun(nproc: int, out: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           f"--master_port={port}", *TRAIN[1:], f"data.root={data}", f"out_dir={out}",
+           *TINY_TRAIN_OVERRIDES, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tmp_path, tiny_motion_dataset):
+    """Same global batch on 1 and 2 gloo processes: same weights (BN in eval mode, no dropout)."""
+    extra = ["train.epochs=1", "freeze.bn=all", "model.dropout=0.0", "train.max_steps_per_epoch=2"]
+    one = tmp_path / "one"
+    p1 = run_train(one, tiny_motion_dataset, *extra)
+    assert p1.returncode == 0, p1.stderr[-3000:]
+    two = tmp_path / "two"
+    p2 = _torchrun(2, two, tiny_motion_dataset, *extra)
+    assert p2.returncode == 0, p2.stderr[-3000:]
+    assert_same_weights(weights(one / "last.pt"), weights(two / "last.pt"), atol=1e-5)
+    # rank 0 alone writes: one set of files, no rank-suffixed leftovers
+    assert sorted(p.name for p in two.glob("*.pt")) == ["best.pt", "last.pt"]
+    assert p2.stdout.count("val top1") == 1
+    m1 = json.loads((one / "metrics.jsonl").read_text().splitlines()[0])
+    m2 = json.loads((two / "metrics.jsonl").read_text().splitlines()[0])
+    assert m1["train_loss"] == pytest.approx(m2["train_loss"], rel=1e-4)
+    assert m1["val_top1"] == m2["val_top1"]

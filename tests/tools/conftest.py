@@ -1,0 +1,49 @@
+"""Fixtures for the tool tests: checkpoints built without training, and the grey evaluation set.
+
+The helpers and constants they use live in tool_helpers.py (importable from the test modules).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tool_helpers import (CLASSES, EVAL_VIDEOS, GEOMETRY, build_controlled_model, make_state,
+                          write_grey_video)
+from videoft.engine.checkpoint import save_checkpoint
+from videoft.models.classifier import build_classifier
+
+
+@pytest.fixture(scope="session")
+def controlled_checkpoint(tmp_path_factory) -> Path:
+    """Checkpoint of build_controlled_model (class names, geometry and config like a real run)."""
+    path = tmp_path_factory.mktemp("ckpt") / "controlled.pt"
+    save_checkpoint(make_state(build_controlled_model()), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def plain_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised X3D-XS checkpoint (ordinary weights, for export)."""
+    torch.manual_seed(3)
+    model = build_classifier("x3d_xs", len(CLASSES), clip_len=GEOMETRY["clip_len"],
+                             crop_size=GEOMETRY["crop_size"])
+    path = tmp_path_factory.mktemp("ckpt") / "plain.pt"
+    save_checkpoint(make_state(model), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def eval_data(tmp_path_factory) -> Path:
+    """root/test/<class>/<name>.mp4 for EVAL_VIDEOS (lossless grey videos, 48x40, 20 frames)."""
+    root = tmp_path_factory.mktemp("greydata")
+    for cls, name, values in EVAL_VIDEOS:
+        write_grey_video(root / "test" / cls / f"{name}.mp4", values)
+    return root
+
+
+@pytest.fixture(scope="session")
+def python() -> str:
+    return sys.executable
