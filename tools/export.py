@@ -29,8 +29,10 @@ def export(checkpoint: str, fmt: str, out: str | None = None, *, atol: float = 1
     path = Path(out) if out else Path(checkpoint).with_suffix(".ts" if fmt == "torchscript" else ".onnx")
     with torch.no_grad():
         expected = model(example)
+        _make_traceable(model)  # after `expected`: the check compares with the model as loaded
         if fmt == "torchscript":
-            traced = torch.jit.trace(model, example)
+            # check_trace would run the model twice more; the reloaded file is checked below
+            traced = torch.jit.trace(model, example, check_trace=False)
             traced.save(str(path))
             got = torch.jit.load(str(path))(example)
         else:
@@ -49,6 +51,17 @@ def export(checkpoint: str, fmt: str, out: str | None = None, *, atol: float = 1
             "input": ["batch", 3, pre["clip_len"], pre["crop_size"], pre["crop_size"]]}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     return path, diff
+
+
+def _make_traceable(model: torch.nn.Module) -> None:
+    """Swap pytorchvideo's Swish (a Python autograd.Function, which a TorchScript file cannot
+    hold: X3D fails to save) for nn.SiLU, the same function x * sigmoid(x)."""
+    from pytorchvideo.layers.swish import Swish
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Swish):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, torch.nn.SiLU())
 
 
 def _run_onnx(path: Path, example: torch.Tensor) -> torch.Tensor:

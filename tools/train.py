@@ -27,13 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from videoft.runner import run  # heavy imports after the config is known to be valid
+    from videoft.engine.train import NonFiniteLossError  # heavy imports once the config is valid
+    from videoft.runner import run
 
     try:
         summary = run(cfg)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     best = summary["best_metric"]
     print(f"\ncheckpoints: {summary['last']}" + (f" and {summary['best']}" if summary["best"] else ""))
     if best["epoch"] > 0:

@@ -90,7 +90,8 @@ class Predictor:
         n, fps = reader.info.num_frames, reader.info.fps
         win_frames = max(1, int(round(window * fps)))
         hop = max(1, int(round(stride * fps)))
-        starts = list(range(0, max(1, n - win_frames) + 1, hop))
+        # every start from which a whole window fits (just 0 when the video is shorter than one)
+        starts = list(range(0, max(0, n - win_frames) + 1, hop))
         if starts[-1] + win_frames < n:  # make the last window reach the end of the video
             starts.append(n - win_frames)
         windows = []

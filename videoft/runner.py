@@ -264,7 +264,11 @@ def _run(cfg: Config, dist: DistInfo, out_dir: Path) -> dict:
             schedule.load_state_dict(state["unfreeze"])
             set_trainable_stages(model, spec, schedule.frozen_stages_at(state["epoch"]), bn=cfg.freeze.bn)
         model.load_state_dict(state["model"])
+        configured = [(g["base_lr"], g["weight_decay"]) for g in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizer"])
+        # the config is the source of truth for LRs and weight decay (load_state_dict restores the old ones)
+        for group, (base_lr, wd) in zip(optimizer.param_groups, configured):
+            group["base_lr"], group["weight_decay"] = base_lr, wd
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, step, epoch_step = state["epoch"], state["step"], state["epoch_step"]

@@ -185,3 +185,17 @@ def test_two_process_ddp_matches_one_process(tmp_path, tiny_motion_dataset):
     m2 = json.loads((two / "metrics.jsonl").read_text().splitlines()[0])
     assert m1["train_loss"] == pytest.approx(m2["train_loss"], rel=1e-4)
     assert m1["val_top1"] == m2["val_top1"]
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path, tiny_motion_dataset):
+    """An absurd LR blows the loss up: the run stops with a message; last.pt of epoch 1 stays loadable."""
+    out = tmp_path / "run"
+    ok = run_train(out, tiny_motion_dataset, "train.epochs=1", "train.max_steps_per_epoch=1")
+    assert ok.returncode == 0
+    before = weights(out / "last.pt")
+    proc = run_train(out, tiny_motion_dataset, "train.epochs=3", "resume=auto", "optim.lr=1e30",
+                     "optim.warmup_epochs=0")
+    assert proc.returncode != 0
+    assert "loss is nan" in (proc.stdout + proc.stderr).lower() or "loss is inf" in (proc.stdout + proc.stderr).lower()
+    assert "Traceback" not in proc.stderr
+    assert_same_weights(before, weights(out / "last.pt"))

@@ -11,6 +11,19 @@ import torch.nn as nn
 from videoft.models.backbones import BACKBONES, build_backbone
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Run the model tests on one intra-op thread, then restore the setting.
+
+    On 2 shared cores, 2 threads competing with other processes ran a training step 6x slower
+    than 1 thread (OpenMP threads wait on each other); these tiny inputs gain nothing from 2.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def built() -> Callable[[str], tuple[nn.Module, int]]:
     """built(name) -> (backbone, D), random init, built once per test module (do not mutate)."""

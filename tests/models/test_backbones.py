@@ -18,7 +18,7 @@ FEATURE_DIM = {"x3d_xs": 2048, "x3d_s": 2048, "x3d_m": 2048, "slow_r50": 2048, "
                "r2plus1d_r50": 2048, "csn_r101": 2048, "mvit_base_16x4": 768, "r3d_18": 512, "mc3_18": 512,
                "r2plus1d_18": 512, "s3d": 1024, "mvit_v2_s": 768, "swin3d_t": 768}
 NAMES = sorted(BACKBONES)
-# The fixed-geometry MViTs only run at 16x224: ~10 s per forward on 2 CPU cores.
+# The fixed-geometry MViTs only run at 16x224: ~3 s per forward on one CPU thread.
 EXPENSIVE_FORWARD = [n for n in NAMES if BACKBONES[n].fixed_geometry]
 CHEAP = [n for n in NAMES if n not in EXPENSIVE_FORWARD]
 
@@ -108,7 +108,6 @@ def test_forward_small_geometry(name, built):
         assert model(torch.randn(2, 3, clip_len, crop, crop)).shape == (2, 3)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", EXPENSIVE_FORWARD)
 def test_forward_fixed_geometry(name, built):
     spec = get_backbone_spec(name)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tool_helpers import (CLASSES, EVAL_VIDEOS, GEOMETRY, build_controlled_model, make_state,
+from .tool_helpers import (CLASSES, EVAL_VIDEOS, GEOMETRY, build_controlled_model, make_state,
                           write_grey_video)
 from videoft.engine.checkpoint import save_checkpoint
 from videoft.models.classifier import build_classifier

@@ -76,7 +76,7 @@ def apply_frozen_modes(model: nn.Module) -> None:
         model.get_submodule(name).eval()
 
 
-def set_trainable_stages(model: VideoClassifier, spec: BackboneSpec, frozen: int | str, *,
+def set_trainable_stages(model: VideoClassifier, spec: BackboneSpec, frozen: int | str,
                          bn: str = "frozen") -> list[str]:
     """Apply a schedule's frozen-stage count; returns the trainable stage names ("backbone.<stage>", "head").
 

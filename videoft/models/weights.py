@@ -65,10 +65,11 @@ def read_checkpoint(source: str, *, model_dir: str | None = None, check_hash: bo
             source, model_dir=model_dir, progress=True, check_hash=check_hash,
             map_location="cpu", weights_only=True)
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
+        cache = Path(model_dir or Path(torch.hub.get_dir()) / "checkpoints") / Path(parsed.path).name
         raise WeightsUnavailableError(
             f"could not download pretrained weights from {source} ({e}). Without network access, "
-            f"download the file elsewhere and pass model.weights=/path/to/file.pyth instead "
-            f"(or put it in the torch.hub cache{f' {model_dir}' if model_dir else ''})") from e
+            f"download the file elsewhere and pass model.weights=/path/to/file.pyth instead, "
+            f"or copy it to {cache}") from e
     except RuntimeError as e:
         if "invalid hash value" in str(e):
             raise RuntimeError(f"{source}: the file's sha256 does not match the hash prefix in its "
