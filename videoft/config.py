@@ -58,7 +58,8 @@ class UnfreezeConfig:
 
 @dataclass
 class FreezeConfig:
-    stages: int = 0                 # freeze the stem and the first N stages; -1: whole backbone (linear probe)
+    stages: int = 0                 # freeze the first N stages (stem = 1); -1: whole backbone (linear probe);
+                                    # with `unfreeze`, the floor gradual unfreezing stops at
     bn: str = "frozen"              # frozen (BN of frozen parts in eval mode) | all | train
     unfreeze: UnfreezeConfig = field(default_factory=UnfreezeConfig)
 

@@ -216,7 +216,7 @@ def _run(cfg: Config, dist: DistInfo, out_dir: Path) -> dict:
     frozen = num_stages if cfg.freeze.stages < 0 else min(cfg.freeze.stages, num_stages)
     u = cfg.freeze.unfreeze
     schedule = UnfreezeSchedule(head_only_epochs=u.head_only_epochs, every=u.every, num_stages=num_stages,
-                                min_frozen=u.min_frozen) if u.every > 0 else None
+                                min_frozen=max(u.min_frozen, frozen)) if u.every > 0 else None
     if schedule is not None:
         frozen = schedule.frozen_stages_at(0)
     freeze_stages(model, spec, frozen, bn=cfg.freeze.bn)
@@ -262,7 +262,8 @@ def _run(cfg: Config, dist: DistInfo, out_dir: Path) -> dict:
         check_resume_compatible(state, cfg, classes, resume_path)
         if schedule is not None and state.get("unfreeze"):
             schedule.load_state_dict(state["unfreeze"])
-            set_trainable_stages(model, spec, schedule.frozen_stages_at(state["epoch"]), bn=cfg.freeze.bn)
+            frozen = schedule.frozen_stages_at(state["epoch"])
+            set_trainable_stages(model, spec, frozen, bn=cfg.freeze.bn)
         model.load_state_dict(state["model"])
         configured = [(g["base_lr"], g["weight_decay"]) for g in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizer"])
@@ -279,14 +280,19 @@ def _run(cfg: Config, dist: DistInfo, out_dir: Path) -> dict:
     elif cfg.resume not in (None, "auto"):
         raise FileNotFoundError(f"resume: {cfg.resume} does not exist")
 
-    raw_model = model
-    if dist.distributed:
-        if cfg.train.sync_bn:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            raw_model = model
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
-            find_unused_parameters=False)
+    if dist.distributed and cfg.train.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same Parameter objects
+    raw_model = model  # unwrapped once: used for saving, evaluating and (un)freezing
+
+    def wrap(m: torch.nn.Module) -> torch.nn.Module:
+        """DDP registers the parameters that require grad when it wraps: re-wrap after unfreezing."""
+        if not dist.distributed:
+            return m
+        return torch.nn.parallel.DistributedDataParallel(
+            m, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+
+    model = wrap(raw_model)
+    frozen_now = frozen
 
     logger = RunLogger(out_dir, classes, enabled=dist.is_main)
     all_failures: dict[str, str] = {}
@@ -302,10 +308,11 @@ def _run(cfg: Config, dist: DistInfo, out_dir: Path) -> dict:
 
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
-            if schedule is not None:
-                now_frozen = schedule.frozen_stages_at(epoch)
-                set_trainable_stages(raw_model, spec, now_frozen, bn=cfg.freeze.bn)
-                log.info("epoch %d: %d of %d stages frozen", epoch + 1, now_frozen, num_stages)
+            if schedule is not None and schedule.frozen_stages_at(epoch) != frozen_now:
+                frozen_now = schedule.frozen_stages_at(epoch)
+                set_trainable_stages(raw_model, spec, frozen_now, bn=cfg.freeze.bn)
+                model = wrap(raw_model)
+                log.info("epoch %d: unfreezing, %d of %d stages now frozen", epoch + 1, frozen_now, num_stages)
             train_loader.sampler.set_epoch(epoch, start=epoch_step * o.accum_steps * train_loader.batch_size)
             train_loader.dataset.set_epoch(epoch)
             train_loader.generator.manual_seed(cfg.seed * 7919 + epoch)
@@ -331,7 +338,7 @@ def _run(cfg: Config, dist: DistInfo, out_dir: Path) -> dict:
                    "lr": optimizer.param_groups[-1]["lr"], "clips_per_s": result.clips_per_second * dist.world_size}
             improved = False
             if "val" in eval_loaders and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
-                pred = predict(raw_model if not dist.distributed else model.module, eval_loaders["val"],
+                pred = predict(raw_model, eval_loaders["val"],
                                device=dist.device, num_clips=cfg.data.eval_clips, num_crops=cfg.data.eval_crops,
                                amp_dtype=amp_dtype, channels_last=cfg.train.channels_last,
                                show_progress=dist.is_main, desc="validate")

@@ -5,7 +5,6 @@ import time
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -215,7 +214,10 @@ def test_no_decay_on_positional_tables(name, part):
 
 @pytest.mark.slow
 def test_frozen_step_is_cheaper():
-    """x3d_xs, 8x64x64, batch 4: last stage + head trainable vs everything (median of 5 steps)."""
+    """x3d_xs, 8x64x64, batch 4, SGD: all trainable vs the last 2 / last 1 stages + head (median of 5 steps).
+
+    `pytest tests/models/test_freezing.py -k frozen_step -s` prints the step times.
+    """
     torch.manual_seed(0)
     x, y = torch.randn(4, 3, 8, 64, 64), torch.tensor([0, 1, 2, 0])
 
@@ -225,7 +227,7 @@ def test_frozen_step_is_cheaper():
         optimizer = torch.optim.SGD(param_groups(model, SPEC, head_lr=0.01, backbone_lr=0.01, weight_decay=1e-4),
                                     lr=0.01, momentum=0.9)
         times = []
-        for _ in range(6):
+        for _ in range(6):  # the first step (allocation, kernel selection) is not counted
             start = time.perf_counter()
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
@@ -233,5 +235,9 @@ def test_frozen_step_is_cheaper():
             times.append(time.perf_counter() - start)
         return sorted(times[1:])[2]
 
-    full, frozen = step_time(0), step_time(len(SPEC.stages) - 1)
-    assert frozen < 0.7 * full, (full, frozen)
+    n = len(SPEC.stages)
+    full, last_two, last_one = step_time(0), step_time(n - 2), step_time(n - 1)
+    print(f"\nx3d_xs 8x64x64 batch 4, {torch.get_num_threads()} thread(s): full {1000 * full:.0f} ms, "
+          f"{SPEC.stages[-2]}+{SPEC.stages[-1]}+head {1000 * last_two:.0f} ms ({full / last_two:.1f}x), "
+          f"{SPEC.stages[-1]}+head {1000 * last_one:.0f} ms ({full / last_one:.1f}x)")
+    assert last_one < last_two < full and last_one < 0.5 * full

@@ -118,6 +118,14 @@ def test_wrong_format_raises(x3d_xs_file, r3d_18_file, tmp_path):
         build_backbone(get_backbone_spec("r3d_18"), weights=str(tmp_path / "wrapped.pth"))
 
 
+def test_non_tensor_checkpoint_is_refused(tmp_path):
+    torch.save({"model_state": {}, "cfg": object()}, tmp_path / "pickled.pyth")
+    (tmp_path / "text.pyth").write_text("not a checkpoint")
+    for name in ("pickled.pyth", "text.pyth"):
+        with pytest.raises(ValueError, match="weights_only=True"):
+            build_backbone(get_backbone_spec("x3d_xs"), weights=str(tmp_path / name))
+
+
 def test_offline_download_names_url_and_the_way_out(tmp_path):
     spec = dataclasses.replace(get_backbone_spec("x3d_xs"), weights_url=UNREACHABLE)
     with pytest.raises(WeightsUnavailableError, match=r"http://127\.0\.0\.1:9/X3D_XS\.pyth.*model\.weights="):

@@ -4,19 +4,29 @@ The helpers and constants they use live in tool_helpers.py (importable from the 
 """
 from __future__ import annotations
 
-import sys
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from .tool_helpers import (CLASSES, EVAL_VIDEOS, GEOMETRY, build_controlled_model, make_state,
-                          write_grey_video)
 from videoft.engine.checkpoint import save_checkpoint
 from videoft.models.classifier import build_classifier
 
+from .tool_helpers import CLASSES, EVAL_VIDEOS, GEOMETRY, build_controlled_model, make_state, write_grey_video
 
-@pytest.fixture(scope="session")
+
+@pytest.fixture(scope="package", autouse=True)
+def one_torch_thread():
+    """These models are tiny: a second intra-op thread only adds OpenMP start-up and, on a busy
+    machine, spin-waiting (a 40 ms forward became seconds). Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="package")
 def controlled_checkpoint(tmp_path_factory) -> Path:
     """Checkpoint of build_controlled_model (class names, geometry and config like a real run)."""
     path = tmp_path_factory.mktemp("ckpt") / "controlled.pt"
@@ -24,7 +34,7 @@ def controlled_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def plain_checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised X3D-XS checkpoint (ordinary weights, for export)."""
     torch.manual_seed(3)
@@ -35,7 +45,7 @@ def plain_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def eval_data(tmp_path_factory) -> Path:
     """root/test/<class>/<name>.mp4 for EVAL_VIDEOS (lossless grey videos, 48x40, 20 frames)."""
     root = tmp_path_factory.mktemp("greydata")
@@ -44,6 +54,7 @@ def eval_data(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def python() -> str:
-    return sys.executable
+@pytest.fixture(scope="package")
+def subprocess_env() -> dict[str, str]:
+    """Environment for tool subprocesses: one OpenMP thread each (see one_torch_thread)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}

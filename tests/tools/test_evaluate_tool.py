@@ -20,16 +20,16 @@ import contextlib
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .tool_helpers import (CLASSES, CLIP_FRAMES, EVAL_VIDEOS, LOGIT_SCALE, REPO, free_port, load_tool,
-                          write_grey_video)
 from videoft.engine.report import REPORT_FILES, validate_report
+
+from .tool_helpers import (CLASSES, CLIP_FRAMES, EVAL_VIDEOS, LOGIT_SCALE, REPO, free_port, load_tool,
+                           write_grey_video)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -159,12 +159,13 @@ def test_in_process_report_equals_hand_computed_metrics(clean_run, eval_data):
     assert "71.4%" in stdout and "57.1%" in stdout and "62.5%" in stdout
 
 
-def test_subprocess_report_equals_hand_computed_metrics(controlled_checkpoint, eval_data, tmp_path):
+def test_subprocess_report_equals_hand_computed_metrics(controlled_checkpoint, eval_data, subprocess_env,
+                                                        tmp_path):
     """The script as users run it (DataLoader workers included)."""
     out = tmp_path / "eval"
     proc = subprocess.run([sys.executable, "tools/evaluate.py", str(controlled_checkpoint), "--data",
                            str(eval_data), "--out", str(out), "--workers", "2", "--bootstrap", "0"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=subprocess_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = read_report(out)
     assert_hand_computed(report)
@@ -213,7 +214,8 @@ def test_undecodable_videos_are_listed_and_excluded(broken_run, broken_data):
     out, rc, stdout = broken_run
     assert rc == 0
     report = read_report(out)
-    bad = {str(broken_data / "test" / "alpha" / "a15_text.mp4"), str(broken_data / "test" / "delta" / "truncated.mp4")}
+    bad = {str(broken_data / "test" / "alpha" / "a15_text.mp4"),
+           str(broken_data / "test" / "delta" / "truncated.mp4")}
     assert {f["path"] for f in report["failed"]} == bad
     assert all("not a readable video" in f["reason"] for f in report["failed"])
     assert report["num_failed"] == 2
@@ -223,6 +225,8 @@ def test_undecodable_videos_are_listed_and_excluded(broken_run, broken_data):
     assert validate_report(report) == []
     assert "2 video(s) could not be decoded" in stdout
     assert all(path in stdout for path in bad)
+    page = (out / "report.html").read_text()
+    assert all(path in page for path in bad)  # the HTML's failed-videos table
 
 
 def test_unknown_class_is_a_clear_error(controlled_checkpoint, tmp_path):
@@ -239,17 +243,17 @@ def test_unknown_class_is_a_clear_error(controlled_checkpoint, tmp_path):
 
 
 @pytest.mark.distributed
-def test_torchrun_report_equals_single_process(controlled_checkpoint, broken_data, broken_run, tmp_path):
+def test_torchrun_report_equals_single_process(controlled_checkpoint, broken_data, broken_run, subprocess_env,
+                                               tmp_path):
     """2 ranks on 9 files (7 good: ranks take 4 and 3, no padding) give the one-process report."""
     single_out, rc, _ = broken_run
     assert rc == 0
     out = tmp_path / "eval"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
          str(free_port()), "tools/evaluate.py", str(controlled_checkpoint), "--data", str(broken_data),
          "--out", str(out), "--workers", "0", "--batch-size", "2", "--bootstrap", "200"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=subprocess_env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     single, multi = read_report(single_out), read_report(out)
     assert multi["num_videos"] == len(EVAL_VIDEOS) == len(multi["per_video"])

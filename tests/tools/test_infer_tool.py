@@ -5,6 +5,7 @@ a clip of delta-grey delta, each with probability 1 / (1 + 3 e^-10).
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -25,7 +26,7 @@ def infer():
 
 @pytest.fixture(scope="module")
 def predictor(controlled_checkpoint) -> Predictor:
-    return Predictor.from_checkpoint(controlled_checkpoint, device="cpu")
+    return Predictor.from_checkpoint(controlled_checkpoint)  # as documented: the default device
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +56,10 @@ def test_predict_returns_sorted_topk(predictor, videos):
     assert sum(p for _, p in everything) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_timeline_windows_cover_the_video(infer, controlled_checkpoint, videos, capsys):
+def test_timeline_windows_cover_the_video(infer, controlled_checkpoint, videos, capsys, tmp_path):
+    table = tmp_path / "timeline.csv"
     rc = infer.main([str(controlled_checkpoint), str(videos["long"]), "--window", "1", "--stride", "0.5",
-                     "--json"])
+                     "--json", "--csv", str(table)])
     out = capsys.readouterr().out.strip().splitlines()
     assert rc == 0
     assert len(out) == 1  # one JSON object per file
@@ -78,6 +80,10 @@ def test_timeline_windows_cover_the_video(infer, controlled_checkpoint, videos, 
     assert [s["label"] for s in segments] == ["bravo", "delta"]
     assert segments[0]["start"] == 0.0 and segments[-1]["end"] == pytest.approx(6.0)
     assert segments == [s.__dict__ for s in merge_segments(windows)]
+    with table.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(float(r["start"]), float(r["end"]), r["label"]) for r in rows] == \
+        [(w["start"], w["end"], w["label"]) for w in windows]
 
 
 def test_timeline_of_a_video_shorter_than_the_window_is_one_window(predictor, videos):

@@ -39,7 +39,7 @@ class Predictions:
     labels: np.ndarray                 # [N]
     view_probs: np.ndarray             # [N, V, C]
     frame_indices: list                # per video: the clips' frame indices
-    failures: list = field(default_factory=list)  # (path, reason) of undecodable videos
+    failures: list = field(default_factory=list)  # (path, reason) of undecodable videos, sorted by path
     centre_view: int = 0
 
     @property
@@ -87,6 +87,7 @@ def predict(model: torch.nn.Module, loader, *, device: torch.device, num_clips: 
     for part, fails in all_gather_objects((local, failures)):
         merged.update(part)
         all_failures += fails
+    all_failures.sort()  # by path: the same list whatever the number of ranks (ranks gather in rank order)
     order = sorted(merged)
     num_classes = _num_classes(model)
     return Predictions(

@@ -11,6 +11,8 @@ Library quirks handled here (checked against pytorchvideo 0.1.5 / torchvision 0.
   projection removed it would softmax the features, so it is removed along with the library's
   pre-head dropout (VideoClassifier.head has its own dropout).
 - MViT (both libraries) has positional embeddings for one clip length and crop: fixed geometry.
+- X3D-XS, -S and -M have the same parameter shapes (they differ only in input geometry), so strict
+  loading cannot tell their checkpoints apart: pick the spec that matches the file.
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ The new head ("head") is always trainable.
 from __future__ import annotations
 
 import logging
+import numbers
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,10 +33,11 @@ def resolve_frozen(spec: BackboneSpec, num_stages: int | str) -> int:
     total = len(spec.stages)
     if num_stages in (-1, "all"):
         return total
-    if isinstance(num_stages, bool) or not isinstance(num_stages, int) or not 0 <= num_stages <= total:
+    if (isinstance(num_stages, bool) or not isinstance(num_stages, numbers.Integral)
+            or not 0 <= num_stages <= total):
         raise ValueError(f"frozen stages={num_stages!r} for {spec.name}; allowed: 0..{total}, -1 or 'all' "
                          f"(stages: {', '.join(spec.stages)})")
-    return num_stages
+    return int(num_stages)
 
 
 def freeze_stages(model: VideoClassifier, spec: BackboneSpec, num_stages: int | str,

@@ -1,9 +1,10 @@
 """Read Kinetics checkpoints (hub URL, any URL, local file) and load them strictly into a library model."""
 from __future__ import annotations
 
+import hashlib
 import http.client
 import logging
-import hashlib
+import pickle
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,7 +21,6 @@ ON_MISSING = ("error", "random")
 _URL_SCHEMES = ("http", "https", "ftp", "file")
 _MAX_KEYS_SHOWN = 8
 _warned: set[str] = set()  # sources already warned about, so the fallback warning appears once per process
-
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -59,11 +59,16 @@ def read_checkpoint(source: str, *, model_dir: str | None = None, check_hash: bo
             if not digest.startswith(expected):
                 raise RuntimeError(f"{source}: invalid hash value (expected {expected!r} from the file "
                                    f"name, got {digest[:len(expected)]!r}); the file is corrupt or misnamed")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise _refused(source, e) from e
     try:
         return torch.hub.load_state_dict_from_url(
             source, model_dir=model_dir, progress=True, check_hash=check_hash,
             map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise _refused(source, e) from e
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as e:
         cache = Path(model_dir or Path(torch.hub.get_dir()) / "checkpoints") / Path(parsed.path).name
         raise WeightsUnavailableError(
@@ -119,6 +124,11 @@ def warn_random_init(source: str, error: Exception) -> None:
     log.warning("!" * 72 + "\nPRETRAINED WEIGHTS UNAVAILABLE: %s\nContinuing with RANDOM initialisation "
                 "(on_missing_weights='random'); accuracy will be far below a pretrained start.\n"
                 + "!" * 72, error)
+
+
+def _refused(source: str, error: Exception) -> ValueError:
+    return ValueError(f"{source}: torch.load(weights_only=True) refuses this file (it holds more than "
+                      f"tensors and plain containers, or is not a torch checkpoint): {error}")
 
 
 def _sha256(path: Path) -> str:
