@@ -66,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         classes = state["classes"]
         pre = state["preprocessing"]
         num_clips = args.clips or state.get("config", {}).get("data", {}).get("eval_clips", 3)
-        splits, _ = load_splits(args.data, val_fraction=0.0, test_fraction=0.0, classes=classes)
-        samples = select_split(splits, args.split, args.data)
+        split_dir = Path(args.data) / args.split
+        if split_dir.is_dir():  # read only the split evaluated: other splits may hold other classes
+            samples = load_splits(split_dir, val_fraction=0.0, classes=classes)[0]["train"]
+        else:
+            splits, _ = load_splits(args.data, val_fraction=0.0, test_fraction=0.0, classes=classes)
+            samples = select_split(splits, args.split, args.data)
         if not samples:
             raise ValueError(f"{args.data}: no videos to evaluate")
         transform = build_transform(False, crop_size=pre["crop_size"], short_side=pre["short_side"],

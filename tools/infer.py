@@ -35,6 +35,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    problems = [f"--{k} must be positive, got {v}" for k, v in
+                (("window", args.window), ("stride", args.stride), ("topk", args.topk), ("clips", args.clips))
+                if v is not None and v <= 0]
+    if args.stride is not None and args.window is None:
+        problems.append("--stride needs --window")
+    if problems:
+        print("error: " + "; ".join(problems), file=sys.stderr)
+        return 2
     from videoft.inference import Predictor
 
     try:
