@@ -95,6 +95,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # also write last.pt every N optimizer steps (0: per epoch only)
     max_steps_per_epoch: int | None = None
     deterministic: bool = False
+    linear_probe: bool = False      # whole backbone frozen, trained on the eval views (eval_clips x eval_crops)
+    cache_features: bool = True     # linear_probe: run the backbone once and train the head on cached features
     threads: int | None = None      # torch CPU threads (None: torch's default)
 
 
@@ -176,6 +178,8 @@ def validate(cfg: Config) -> list[str]:
         problems.append("data.val_fraction and data.test_fraction must be in [0, 1)")
     if cfg.data.num_workers < 0:
         problems.append(f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
+    if cfg.train.linear_probe and cfg.freeze.unfreeze.every:
+        problems.append("train.linear_probe keeps the whole backbone frozen: freeze.unfreeze.every must be 0")
     if cfg.model.pretrained and cfg.model.weights:
         problems.append("model.pretrained and model.weights: give one, not both")
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).exists():

@@ -20,8 +20,9 @@ from videoft.data.dataset import VideoClipDataset, collate, load_splits, split_s
 from videoft.data.samplers import TrainSampler
 from videoft.data.transforms import build_transform
 from videoft.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from videoft.engine.distributed import (DistInfo, barrier, broadcast_object, cleanup_distributed,
+from videoft.engine.distributed import (DistInfo, all_gather_objects, barrier, cleanup_distributed,
                                         setup_distributed)
+from videoft.engine.features import FeatureDataset, extract_features
 from videoft.engine.evaluate import ShardSampler, predict, summarize
 from videoft.engine.logger import RunLogger
 from videoft.engine.train import NonFiniteLossError, StepOptions, lr_factor_at, train_one_epoch
@@ -96,7 +97,11 @@ def build_loaders(cfg: Config, geom: Geometry, splits: dict, dist: DistInfo):
                               std=geom.std, num_crops=d.eval_crops)
     common = {"clip_len": geom.clip_len, "stride": geom.frame_stride, "short_side": geom.short_side,
               "backend": d.decoder, "seed": cfg.seed}
-    train_ds = VideoClipDataset(splits["train"], train=True, transform=train_tf, **common)
+    if cfg.train.linear_probe:  # deterministic views: the frozen backbone's output never changes
+        train_ds = VideoClipDataset(splits["train"], train=False, transform=eval_tf, num_clips=d.eval_clips,
+                                    **common)
+    else:
+        train_ds = VideoClipDataset(splits["train"], train=True, transform=train_tf, **common)
     sampler = TrainSampler([s.label for s in splits["train"]], seed=cfg.seed, balanced=d.balanced_sampler,
                            rank=dist.rank, world_size=dist.world_size)
     per_rank_batch = d.batch_size // dist.world_size
@@ -113,7 +118,8 @@ def build_loaders(cfg: Config, geom: Geometry, splits: dict, dist: DistInfo):
         if splits.get(split):
             ds = VideoClipDataset(splits[split], train=False, transform=eval_tf, num_clips=d.eval_clips, **common)
             eval_loaders[split] = DataLoader(ds, batch_size=max(1, per_rank_batch // 2),
-                                             sampler=ShardSampler(len(ds), dist.rank, dist.world_size), **loader_kw)
+                                             sampler=ShardSampler(len(ds), dist.rank, dist.world_size),
+                                             generator=torch.Generator(), **loader_kw)
     return train_loader, eval_loaders
 
 
@@ -139,6 +145,29 @@ def checkpoint_state(*, model: VideoClassifier, optimizer, scaler, cfg: Config, 
         "preprocessing": geom.as_dict(),
         "num_classes": len(classes),
     }
+
+
+def cache_train_features(model: VideoClassifier, loader: DataLoader, dist: DistInfo,
+                         amp_dtype: torch.dtype | None) -> tuple[DataLoader, list]:
+    """Run the frozen backbone once over the training views (sharded), share them, and return a
+    loader of cached features with the same sampler and batch size, plus the decode failures."""
+    ds = loader.dataset
+    shard = DataLoader(ds, batch_size=loader.batch_size, collate_fn=collate, num_workers=loader.num_workers,
+                       sampler=ShardSampler(len(ds), dist.rank, dist.world_size), generator=torch.Generator())
+    t0 = time.perf_counter()
+    feats, failures = extract_features(model.backbone, shard, device=dist.device, amp_dtype=amp_dtype,
+                                       show_progress=dist.is_main)
+    merged: dict = {}
+    all_failures: list = []
+    for part, fails in all_gather_objects((feats, failures)):
+        merged.update(part)
+        all_failures += fails
+    log.info("linear probe: cached features of %d training videos (%d views each) in %.1f s",
+             len(merged), ds.num_clips * getattr(ds.transform, "num_crops", 1), time.perf_counter() - t0)
+    cached = FeatureDataset(merged,
+                            [s.label for s in ds.samples])
+    return DataLoader(cached, batch_size=loader.batch_size, sampler=loader.sampler, collate_fn=collate,
+                      generator=loader.generator), all_failures
 
 
 def check_resume_compatible(state: dict, cfg: Config, classes: list[str], path: Path) -> None:
@@ -213,7 +242,7 @@ def _run(cfg: Config, dist: DistInfo, out_dir: Path) -> dict:
     if cfg.model.init_from:
         init_from_checkpoint(model, cfg.model.init_from, classes)
     num_stages = len(spec.stages)
-    frozen = num_stages if cfg.freeze.stages < 0 else min(cfg.freeze.stages, num_stages)
+    frozen = num_stages if cfg.freeze.stages < 0 or cfg.train.linear_probe else min(cfg.freeze.stages, num_stages)
     u = cfg.freeze.unfreeze
     schedule = UnfreezeSchedule(head_only_epochs=u.head_only_epochs, every=u.every, num_stages=num_stages,
                                 min_frozen=max(u.min_frozen, frozen)) if u.every > 0 else None
@@ -234,6 +263,9 @@ def _run(cfg: Config, dist: DistInfo, out_dir: Path) -> dict:
     scaler = torch.amp.GradScaler(dist.device.type) if amp_dtype == torch.float16 else None
 
     train_loader, eval_loaders = build_loaders(cfg, geom, splits, dist)
+    probe_failures: list = []
+    if cfg.train.linear_probe and cfg.train.cache_features:
+        train_loader, probe_failures = cache_train_features(model, train_loader, dist, amp_dtype)
     steps_per_epoch = math.ceil(len(train_loader) / o.accum_steps)
     if cfg.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
@@ -250,7 +282,7 @@ def _run(cfg: Config, dist: DistInfo, out_dir: Path) -> dict:
     opts = StepOptions(accum_steps=o.accum_steps, grad_clip=o.grad_clip, amp_dtype=amp_dtype,
                        label_smoothing=o.label_smoothing, class_weights=class_weights, mixup_alpha=o.mixup_alpha,
                        cutmix_alpha=o.cutmix_alpha, channels_last=cfg.train.channels_last,
-                       max_steps=cfg.train.max_steps_per_epoch)
+                       max_steps=cfg.train.max_steps_per_epoch, multi_view=cfg.train.linear_probe)
 
     # ---- resume -------------------------------------------------------------------------------
     start_epoch, step, epoch_step = 0, 0, 0
@@ -291,11 +323,13 @@ def _run(cfg: Config, dist: DistInfo, out_dir: Path) -> dict:
         return torch.nn.parallel.DistributedDataParallel(
             m, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
 
-    model = wrap(raw_model)
+    # linear probe on cached features: the loader yields backbone features, so only the head trains
+    trained = raw_model.head if cfg.train.linear_probe and cfg.train.cache_features else raw_model
+    model = wrap(trained)
     frozen_now = frozen
 
     logger = RunLogger(out_dir, classes, enabled=dist.is_main)
-    all_failures: dict[str, str] = {}
+    all_failures: dict[str, str] = dict(probe_failures)
     patience_left = cfg.train.early_stop_patience
     stopped_early = False
 

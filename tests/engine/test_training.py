@@ -224,3 +224,22 @@ def test_gradual_unfreezing_follows_schedule(tmp_path, tiny_motion_dataset):
     assert all(torch.equal(a[k], b[k]) for k in frozen)  # weights and BN statistics never moved
     assert any(not torch.equal(a[k], b[k]) for k in unfrozen)
     assert load_checkpoint(full / "last.pt")["unfreeze"]
+
+
+@pytest.mark.slow
+def test_linear_probe_cache_matches_uncached(tmp_path, tiny_motion_dataset):
+    """Training the head on cached backbone features equals recomputing them every epoch."""
+    probe = ["train.epochs=2", "train.linear_probe=true", "model.dropout=0.3"]
+    cached, live = tmp_path / "cached", tmp_path / "live"
+    p1 = run_train(cached, tiny_motion_dataset, *probe, "train.cache_features=true")
+    assert p1.returncode == 0, p1.stderr[-3000:]
+    assert "cached features of 12 training videos" in p1.stdout
+    assert run_train(live, tiny_motion_dataset, *probe, "train.cache_features=false").returncode == 0
+    a, b = weights(cached / "last.pt"), weights(live / "last.pt")
+    assert_same_weights(a, b, atol=1e-6)
+    init = tmp_path / "init"  # the backbone never moves: same as after a run with LR ~0
+    assert run_train(init, tiny_motion_dataset, "train.epochs=1", "train.linear_probe=true",
+                     "optim.lr=1e-12", "train.max_steps_per_epoch=1").returncode == 0
+    c = weights(init / "last.pt")
+    assert all(torch.equal(a[k], c[k]) for k in a if k.startswith("backbone."))
+    assert not torch.equal(a["head.1.weight"], c["head.1.weight"])

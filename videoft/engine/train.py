@@ -31,6 +31,7 @@ class StepOptions:
     cutmix_alpha: float = 0.0
     channels_last: bool = False
     max_steps: int | None = None             # optimizer steps per epoch (smoke tests)
+    multi_view: bool = False                 # batches are [B, V, ...]: every view is an example (linear probe)
 
 
 @dataclass
@@ -103,9 +104,17 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
     optimizer.zero_grad(set_to_none=True)
     for batch in bar:
         failures += batch["failures"]
-        video = batch["video"].to(device, non_blocking=True)  # [B, C, T, H, W]
-        labels = batch["label"].to(device, non_blocking=True)
-        if opts.channels_last:
+        video, labels, valid = batch["video"], batch["label"], batch["valid"]
+        if not valid.all():  # undecodable eval-style items (already reported in `failures`)
+            video, labels = video[valid], labels[valid]
+        if opts.multi_view:  # [B, V, ...] -> [B * V, ...], one label per view
+            labels = labels.repeat_interleave(video.shape[1])
+            video = video.flatten(0, 1)
+        if labels.numel() == 0:
+            continue
+        video = video.to(device, non_blocking=True)  # [B, C, T, H, W] (or cached features [B, D])
+        labels = labels.to(device, non_blocking=True)
+        if opts.channels_last and video.dim() == 5:
             video = video.contiguous(memory_format=torch.channels_last_3d)
         if micro == 0:
             set_lr_factor(optimizer, lr_at(step))

@@ -1,0 +1,52 @@
+"""Linear probing on cached features: run the frozen backbone once, then train the head on the cache.
+
+With the whole backbone frozen (BatchNorm in eval mode) and deterministic views (the eval
+preset), the backbone's output for a view never changes, so computing it once gives the same
+training as recomputing it every epoch, at a fraction of the decoding and forward cost.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+
+@torch.no_grad()
+def extract_features(backbone: torch.nn.Module, loader: DataLoader, *, device: torch.device,
+                     amp_dtype: torch.dtype | None = None, show_progress: bool = True) -> tuple[dict, list]:
+    """{dataset index: features [V, D]} for every decodable video of `loader`, and the failures."""
+    was_training = backbone.training
+    backbone.eval()
+    feats: dict[int, torch.Tensor] = {}
+    failures: list = []
+    for batch in tqdm(loader, desc="cache features", disable=not show_progress, leave=False, dynamic_ncols=True):
+        failures += batch["failures"]
+        valid = batch["valid"]
+        if not valid.any():
+            continue
+        video = batch["video"][valid]                          # [B, V, C, T, H, W]
+        b, v = video.shape[:2]
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = backbone(video.flatten(0, 1).to(device)).float().cpu()  # [B * V, D]
+        for k, idx in enumerate(batch["index"][valid].tolist()):
+            feats[idx] = out.view(b, v, -1)[k]
+    backbone.train(was_training)
+    return feats, failures
+
+
+class FeatureDataset(Dataset):
+    """Cached per-view features in the place of videos: items look like VideoClipDataset's."""
+
+    def __init__(self, features: dict[int, torch.Tensor], labels: list[int]):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing to re-draw: the views are deterministic."""
+
+    def __getitem__(self, index: int) -> dict:
+        feats = self.features.get(index)
+        return {"video": feats, "label": self.labels[index], "index": index, "valid": feats is not None,
+                "frame_indices": None, "failures": []}
