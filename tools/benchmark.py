@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Speed benchmarks, each against a baseline measured in the same run (ratios, not absolute claims).
+
+    python tools/benchmark.py decode --videos ../shared/data/ucf101-mini      # clip decoding
+    python tools/benchmark.py step --backbone x3d_xs --clip-len 8 --crop 64   # frozen vs full train step
+    python tools/benchmark.py ddp --data data/demo                            # 1 vs 2 processes, clips/s
+
+decode: one random 16-frame clip per video, resized on decode to a 128 px short side, with
+videoft's reader (decord `get_batch` of exactly those frames) against the baseline most video
+loaders use: decode every frame of the clip's time window with PyAV, resize after, keep 16.
+step: a training step with everything trainable against one with the first stages frozen.
+ddp: tools/train.py for a fixed number of steps with 1 process, then torchrun with 2 (gloo, CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench_decode(args) -> dict:
+    import av
+    import torch.nn.functional as F
+
+    from videoft.data.decode import VideoReader, resized_shape
+    from videoft.data.sampling import train_clip_indices
+
+    videos = sorted(p for p in Path(args.videos).rglob("*") if p.suffix.lower() in (".mp4", ".avi", ".mkv"))
+    rng = random.Random(0)
+    videos = rng.sample(videos, min(args.num_videos, len(videos)))
+    plans = []
+    for v in videos:
+        n = VideoReader(v, backend="pyav").info.num_frames
+        plans.append((v, train_clip_indices(n, 16, args.stride, rng)))
+
+    def ours():
+        for v, idx in plans:
+            VideoReader(v, short_side=128, backend="auto").get_frames(idx)
+
+    def baseline():
+        for v, idx in plans:
+            wanted = set(idx)
+            frames = []
+            with av.open(str(v)) as c:
+                for i, frame in enumerate(c.decode(video=0)):
+                    if i in wanted:
+                        frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+                    if i >= max(idx):
+                        break
+            x = torch.stack(frames).permute(0, 3, 1, 2).float()
+            w, h = resized_shape(x.shape[-1], x.shape[-2], 128)
+            F.interpolate(x, size=(h, w), mode="bilinear", antialias=True)
+
+    results = {}
+    for name, fn in (("pyav_window_then_resize", baseline), ("videoft_decord_exact_frames", ours)):
+        fn()  # warm-up (file cache, lazy imports)
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        results[name] = len(plans) / statistics.median(times)
+    results["speedup"] = results["videoft_decord_exact_frames"] / results["pyav_window_then_resize"]
+    print(f"decode, {len(plans)} random 16-frame clips (stride {args.stride}), short side 128, median of {args.repeats}:")
+    print(f"  baseline  PyAV window + resize      {results['pyav_window_then_resize']:7.1f} clips/s")
+    print(f"  videoft   decord exact frames       {results['videoft_decord_exact_frames']:7.1f} clips/s")
+    print(f"  ratio                               {results['speedup']:7.2f}x")
+    return results
+
+
+def bench_step(args) -> dict:
+    from videoft.models.backbones import get_backbone_spec
+    from videoft.models.classifier import build_classifier
+    from videoft.models.freezing import freeze_stages, param_groups
+
+    torch.set_num_threads(args.threads)
+    spec = get_backbone_spec(args.backbone)
+    x = torch.randn(args.batch, 3, args.clip_len, args.crop, args.crop)
+    y = torch.randint(0, 10, (args.batch,))
+    results = {}
+    n = len(spec.stages)
+    for label, frozen in (("full", 0), (f"frozen_{args.frozen}_of_{n}", args.frozen)):
+        torch.manual_seed(0)
+        model = build_classifier(args.backbone, 10, clip_len=args.clip_len, crop_size=args.crop, dropout=0.0)
+        freeze_stages(model, spec, frozen)
+        opt = torch.optim.SGD(param_groups(model, spec, head_lr=0.01, backbone_lr=0.01, weight_decay=1e-4),
+                              lr=0.01, momentum=0.9)
+        model.train()
+        times = []
+        for i in range(args.steps + 2):
+            t0 = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i >= 2:  # skip warm-up steps
+                times.append(time.perf_counter() - t0)
+        results[label] = args.batch / statistics.median(times)
+    frozen_label = f"frozen_{args.frozen}_of_{n}"
+    results["speedup"] = results[frozen_label] / results["full"]
+    print(f"train step, {args.backbone} {args.clip_len}x{args.crop}x{args.crop}, batch {args.batch}, "
+          f"{args.threads} thread(s), median of {args.steps}:")
+    print(f"  baseline  everything trainable      {results['full']:7.2f} clips/s")
+    print(f"  frozen    first {args.frozen} of {n} stages       {results[frozen_label]:7.2f} clips/s")
+    print(f"  ratio                               {results['speedup']:7.2f}x")
+    return results
+
+
+def bench_ddp(args) -> dict:
+    common = [str(REPO / "tools" / "train.py"), str(REPO / "configs" / "demo.yaml"), f"data.root={args.data}",
+              "train.epochs=1", f"train.max_steps_per_epoch={args.steps}", f"data.batch_size={args.batch}",
+              "data.num_workers=1", "data.val_fraction=0", "data.eval_clips=1"]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for nproc in (1, 2):
+            out = Path(tmp) / f"p{nproc}"
+            launcher = [sys.executable] if nproc == 1 else [
+                sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=29533"]
+            env = {**os.environ, "OMP_NUM_THREADS": str(max(1, args.threads // nproc))}
+            proc = subprocess.run(launcher + common + [f"out_dir={out}", f"train.threads={max(1, args.threads // nproc)}"],
+                                  capture_output=True, text=True, env=env, cwd=REPO)
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr[-2000:])
+            row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+            results[f"{nproc}_process"] = row["clips_per_s"]
+    results["ratio"] = results["2_process"] / results["1_process"]
+    print(f"training clips/s (demo config, {args.steps} steps, global batch {args.batch}, {args.threads} cores):")
+    print(f"  1 process                           {results['1_process']:7.2f} clips/s")
+    print(f"  2 processes (torchrun, gloo)        {results['2_process']:7.2f} clips/s")
+    print(f"  ratio                               {results['ratio']:7.2f}x")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    d = sub.add_parser("decode")
+    d.add_argument("--videos", default=str(REPO / "data" / "demo"))
+    d.add_argument("--num-videos", type=int, default=60)
+    d.add_argument("--stride", type=int, default=2)
+    d.add_argument("--repeats", type=int, default=3)
+    s = sub.add_parser("step")
+    s.add_argument("--backbone", default="x3d_xs")
+    s.add_argument("--clip-len", type=int, default=8)
+    s.add_argument("--crop", type=int, default=64)
+    s.add_argument("--batch", type=int, default=8)
+    s.add_argument("--frozen", type=int, default=4, help="stages frozen in the compared run")
+    s.add_argument("--steps", type=int, default=5)
+    s.add_argument("--threads", type=int, default=2)
+    g = sub.add_parser("ddp")
+    g.add_argument("--data", default=str(REPO / "data" / "demo"))
+    g.add_argument("--steps", type=int, default=20)
+    g.add_argument("--batch", type=int, default=8)
+    g.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    np.random.seed(0)
+    {"decode": bench_decode, "step": bench_step, "ddp": bench_ddp}[args.what](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
