@@ -95,6 +95,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # also write last.pt every N optimizer steps (0: per epoch only)
     max_steps_per_epoch: int | None = None
     deterministic: bool = False
+    precise_bn_batches: int = 0     # before each validation, recompute BatchNorm statistics over N train batches
     linear_probe: bool = False      # whole backbone frozen, trained on the eval views (eval_clips x eval_crops)
     cache_features: bool = True     # linear_probe: run the backbone once and train the head on cached features
     threads: int | None = None      # torch CPU threads (None: torch's default)

@@ -21,11 +21,12 @@ from videoft.data.samplers import TrainSampler
 from videoft.data.transforms import build_transform
 from videoft.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from videoft.engine.distributed import (DistInfo, all_gather_objects, barrier, cleanup_distributed,
-                                        setup_distributed)
+                                        setup_distributed, sync_bn_stats)
 from videoft.engine.features import FeatureDataset, extract_features
 from videoft.engine.evaluate import ShardSampler, predict, summarize
 from videoft.engine.logger import RunLogger
-from videoft.engine.train import NonFiniteLossError, StepOptions, lr_factor_at, train_one_epoch
+from videoft.engine.train import (NonFiniteLossError, StepOptions, lr_factor_at, recompute_bn_stats,
+                                 train_one_epoch)
 from videoft.models.backbones import BackboneSpec, get_backbone_spec
 from videoft.models.classifier import VideoClassifier, build_classifier
 from videoft.models.freezing import UnfreezeSchedule, freeze_stages, param_groups, set_trainable_stages
@@ -372,6 +373,11 @@ def _run(cfg: Config, dist: DistInfo, out_dir: Path) -> dict:
                    "lr": optimizer.param_groups[-1]["lr"], "clips_per_s": result.clips_per_second * dist.world_size}
             improved = False
             if "val" in eval_loaders and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
+                if cfg.train.precise_bn_batches and not cfg.train.linear_probe:
+                    # every rank sees its own shard: average so the ranks keep identical statistics
+                    recompute_bn_stats(raw_model, train_loader, num_batches=cfg.train.precise_bn_batches,
+                                       device=dist.device, amp_dtype=amp_dtype, channels_last=cfg.train.channels_last)
+                    sync_bn_stats(raw_model)
                 pred = predict(raw_model, eval_loaders["val"],
                                device=dist.device, num_clips=cfg.data.eval_clips, num_crops=cfg.data.eval_crops,
                                amp_dtype=amp_dtype, channels_last=cfg.train.channels_last,

@@ -4,10 +4,13 @@ Four classes that can only be told apart by *motion*:
 
 * ``bounce`` - a ball drops onto the ground line and bounces, periodically,
   with a small horizontal drift.
-* ``roll``   - a ball rolls along the ground line, its two-colour pattern
-  rotating at the rate implied by rolling without slipping (angle = distance / r).
-* ``throw``  - a ball flies one parabolic arc from one side of the frame to the
-  other without touching the ground.
+* ``roll``   - a ball rolls along the ground line across the frame, its two-colour
+  pattern rotating at the rate implied by rolling without slipping (angle =
+  distance / r); when it has left the frame the next ball rolls in.
+* ``throw``  - a ball flies a parabolic arc from one side of the frame to the
+  other without touching the ground; when it has left the frame the next throw
+  follows. Its horizontal speed has the same distribution as ``roll``'s, so only
+  the vertical motion / ground contact / pattern rotation tell them apart.
 * ``spin``   - a ball stays (almost) in place, resting or hovering with a little
   jitter, and rotates fast; the two-colour halves make the rotation visible.
 
@@ -44,7 +47,8 @@ FPS = 25
 MIN_FRAMES = 32
 MAX_FRAMES = 64
 BALL_RADIUS = (0.11, 0.17)  # fraction of the frame height
-CROSS_FRAMES = (24.0, 48.0)  # frames a rolling/thrown ball takes to cross the frame
+CROSS_FRAMES = (36.0, 64.0)  # frames a rolling/thrown ball takes to cross the frame
+BOUNCE_FRAMES = (18.0, 30.0)  # frames per bounce (ground contact to ground contact)
 COMPLETE_MARKER = ".complete"
 
 _SPLIT_ID = {"train": 0, "val": 1, "test": 2}
@@ -203,9 +207,9 @@ def _trajectory(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-frame ball centre (x, y) and pattern angle for one video of class ``cls``.
 
-    Shared scales (``avail``: free height above the ground, ``vmax``: largest
-    horizontal speed that keeps a crossing inside the clip) make the speed
-    ranges of ``roll`` and ``throw`` overlap, so speed alone is no cue.
+    Heights are fractions of ``avail`` (the free height above the resting
+    position), and ``roll`` and ``throw`` share one crossing-speed law, so
+    neither frame geometry nor speed alone identifies a class.
     """
     t = np.arange(n, dtype=np.float64)
     rest_y = ground_y - r  # centre height when the ball touches the ground
@@ -214,7 +218,7 @@ def _trajectory(
     theta0 = rng.uniform(0, 2 * np.pi)
 
     if cls == "bounce":
-        period = rng.uniform(14, 26)
+        period = rng.uniform(BOUNCE_FRAMES[0], BOUNCE_FRAMES[1])
         height = rng.uniform(0.45, 0.95) * avail
         phase = rng.uniform(0, period)
         u = ((t + phase) % period) / period  # 0..1 within one bounce; ground at 0 and 1
@@ -254,7 +258,7 @@ def _trajectory(
         jit = rng.uniform(0.0, 0.6)
         x = x + rng.normal(0, jit, n)
         y = np.minimum(y + rng.normal(0, jit, n), rest_y)
-        omega = direction * rng.uniform(0.35, 1.1)  # rad/frame; < pi/2 so stride 2 does not alias
+        omega = direction * rng.uniform(0.35, 1.1)  # rad/frame; < pi/2, so < pi per step at stride 2
         ang = theta0 + omega * t
     else:
         raise ValueError(f"unknown class {cls!r}")
@@ -332,13 +336,17 @@ is symmetric under horizontal flips.
 
 | class  | motion |
 |--------|--------|
-| bounce | ball falls onto the ground line and bounces periodically (period 14-26 frames), small horizontal drift |
-| roll   | ball rolls along the ground line, left or right; its two-colour pattern turns at the rolling rate |
-| spin   | ball stays in place (resting or hovering with jitter) and spins fast (20-63 deg/frame) |
-| throw  | ball flies one parabolic arc across the frame, left or right, never touching the ground |
+| bounce | ball falls onto the ground line and bounces periodically (period 18-30 frames), small horizontal drift |
+| roll   | ball rolls along the ground line across the frame (left or right, 36-64 frames per crossing, then the next ball comes in); its two-colour pattern turns at the rolling rate |
+| spin   | ball stays in place (resting on the ground or hovering with jitter) and spins fast (20-63 deg/frame) |
+| throw  | ball flies a parabolic arc across the frame (left or right, same crossing speeds as roll), never touching the ground; the next throw follows |
 
 Layout: `{{train,val,test}}/<class>/<class>_NNNN.mp4`; `classes.txt` lists the classes.
 The generator is deterministic: the same parameters give bit-identical files.
+
+Every video has its own random look, so a model trained from scratch on few videos
+memorises looks instead of learning motion; ~150 training videos per class are
+needed for it to generalise. Clips of 8 frames at stride 1-2 (0.3-0.6 s) suffice.
 """
 
 

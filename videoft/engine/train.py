@@ -166,3 +166,40 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
     totals = all_reduce_sum(totals)
     return EpochResult(loss=float(totals[0] / max(totals[2], 1)), accuracy=float(totals[1] / max(totals[2], 1)),
                        clips=int(totals[2]), seconds=seconds, step=step, failures=failures)
+
+
+@torch.no_grad()
+def recompute_bn_stats(model: torch.nn.Module, loader, *, num_batches: int, device: torch.device,
+                       amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> int:
+    """Precise BatchNorm (PySlowFast): replace the running statistics of every BatchNorm that is in
+    training mode by exact averages over `num_batches` training batches of the current weights.
+
+    The exponential running average lags behind weights that move fast (training from scratch, high
+    LR, small batches), and eval-mode predictions then collapse. Frozen BatchNorm (eval mode) is left
+    alone. Returns the number of batches used.
+    """
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+           and m.track_running_stats]
+    if not bns:
+        return 0
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: the exact mean over the batches seen
+    used = 0
+    for batch in loader:
+        video = batch["video"][batch["valid"]]
+        if video.numel() == 0:
+            continue
+        video = video.to(device, non_blocking=True)
+        if channels_last and video.dim() == 5:
+            video = video.contiguous(memory_format=torch.channels_last_3d)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            model(video)
+        used += 1
+        if used >= num_batches:
+            break
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    return used
