@@ -302,7 +302,7 @@ def dataset_params(per_split_counts: Mapping[str, int], seed: int, width: int, h
     """The parameters recorded in the completion marker (and compared on reuse)."""
     return {
         "generator": "videoft.data.synthetic",
-        "version": 1,
+        "version": 2,
         "classes": list(CLASSES),
         "per_split_counts": {s: int(c) for s, c in per_split_counts.items()},
         "seed": int(seed),
