@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "decord", "pyav")
 _fallback_logged: set[str] = set()
+# output sizes at which decord 0.6's resize-on-decode fails ("Check failed: from_size == to_size",
+# e.g. 48x36): decode those at the native size and resize with torch instead
+_decord_bad_sizes: set[tuple[int, int]] = set()
 
 
 class VideoDecodeError(Exception):
@@ -114,11 +117,12 @@ class VideoReader:
         header = probe(self.path)
         self.out_width, self.out_height = resized_shape(header.width, header.height, short_side)
         self._vr = None
+        self._resize_after = False
         self.backend = "pyav"
         if backend != "pyav" and decord is not None:
             try:
-                self._vr = decord.VideoReader(self.path, width=self.out_width, height=self.out_height,
-                                              num_threads=num_threads)
+                self._resize_after = (self.out_width, self.out_height) in _decord_bad_sizes
+                self._vr = self._open_decord()
                 self.backend = "decord"
                 header = VideoInfo(len(self._vr), float(self._vr.get_avg_fps()) or header.fps,
                                    header.width, header.height)
@@ -142,14 +146,41 @@ class VideoReader:
         indices = [min(i, self.info.num_frames - 1) for i in indices]
         if self._vr is not None:
             try:
-                return self._vr.get_batch(indices)
+                return self._decord_batch(indices)
             except Exception as exc:
+                if "from_size == to_size" in str(exc) and not self._resize_after:
+                    # decord's scaler bug at this output size: native decode + torch resize
+                    if (self.out_width, self.out_height) not in _decord_bad_sizes:
+                        log.info("decord cannot resize to %dx%d; decoding at native size and resizing "
+                                 "with torch", self.out_width, self.out_height)
+                    _decord_bad_sizes.add((self.out_width, self.out_height))
+                    self._resize_after = True
+                    try:
+                        self._vr = self._open_decord()
+                        return self._decord_batch(indices)
+                    except Exception as exc2:
+                        exc = exc2
                 # decord over-reports the frame count of some files (truncated, broken index):
                 # retry once through PyAV, which clamps to the frames that really decode
                 self._log_fallback(f"decord failed on frames {min(indices)}..{max(indices)} ({_short(exc)})")
                 self._vr = None
                 self.backend = "pyav"
         return self._pyav_frames(indices)
+
+    def _open_decord(self):
+        if self._resize_after:
+            return decord.VideoReader(self.path, num_threads=self.num_threads)
+        return decord.VideoReader(self.path, width=self.out_width, height=self.out_height,
+                                  num_threads=self.num_threads)
+
+    def _decord_batch(self, indices: list[int]) -> torch.Tensor:  # [T, H, W, C] uint8
+        frames = self._vr.get_batch(indices)
+        if self._resize_after and frames.shape[1:3] != (self.out_height, self.out_width):
+            x = frames.permute(0, 3, 1, 2).float()
+            x = torch.nn.functional.interpolate(x, size=(self.out_height, self.out_width), mode="bilinear",
+                                                antialias=True, align_corners=False)
+            frames = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        return frames
 
     def _pyav_frames(self, indices: list[int]) -> torch.Tensor:  # [T, H, W, C] uint8
         """Decode from the start up to the last wanted frame (fallback path: simple, not fast)."""
