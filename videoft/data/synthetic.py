@@ -4,12 +4,11 @@ Four classes that can only be told apart by *motion*:
 
 * ``bounce`` - a ball drops onto the ground line and bounces, periodically,
   with a small horizontal drift.
-* ``roll``   - a ball rolls along the ground line across the frame, its two-colour
-  pattern rotating at the rate implied by rolling without slipping (angle =
-  distance / r); when it has left the frame the next ball rolls in.
-* ``throw``  - a ball flies a parabolic arc from one side of the frame to the
-  other without touching the ground; when it has left the frame the next throw
-  follows. Its horizontal speed has the same distribution as ``roll``'s, so only
+* ``roll``   - a ball rolls along the ground line back and forth between the side
+  walls, its two-colour pattern rotating at the rate implied by rolling without
+  slipping (angle = distance / r); it is in view in every frame.
+* ``throw``  - a ball flies parabolic arcs back and forth between the side walls
+  without touching the ground (in view in every frame). Its horizontal speed has the same distribution as ``roll``'s, so only
   the vertical motion / ground contact / pattern rotation tell them apart.
 * ``spin``   - a ball stays (almost) in place, resting or hovering with a little
   jitter, and rotates fast; the two-colour halves make the rotation visible.
@@ -231,14 +230,17 @@ def _trajectory(
         # The ball crosses the frame from just outside one edge to just outside the
         # other in `period` frames, then the next ball comes in (the wrap happens
         # while it is fully out of view). Same speed law for both classes.
+        # The ball goes back and forth between the side walls (a triangle wave), so it is in
+        # view in every frame: a clip that shows no ball would teach nothing.
         period = rng.uniform(CROSS_FRAMES[0], CROSS_FRAMES[1])
-        u = ((t + rng.uniform(0, period)) % period) / period  # 0..1 across the frame
-        x = -r + u * (w + 2 * r)
+        phase = (t / period + rng.uniform(0, 2)) % 2.0
+        u = np.where(phase < 1.0, phase, 2.0 - phase)  # 0..1..0 across the frame
         if direction < 0:
-            x = w - x
+            u = 1.0 - u
+        x = r + 1.0 + u * (w - 2 * r - 2.0)
         if cls == "roll":
             y = np.full(n, rest_y) + rng.normal(0, 0.15, n)
-            ang = theta0 + direction * ((w + 2 * r) / period / r) * t  # rolling without slipping
+            ang = theta0 + x / r  # rolling without slipping
         else:
             u_apex = rng.uniform(0.4, 0.6)
             apex_y = rest_y - rng.uniform(0.6, 1.0) * avail
@@ -302,7 +304,7 @@ def dataset_params(per_split_counts: Mapping[str, int], seed: int, width: int, h
     """The parameters recorded in the completion marker (and compared on reuse)."""
     return {
         "generator": "videoft.data.synthetic",
-        "version": 2,
+        "version": 3,
         "classes": list(CLASSES),
         "per_split_counts": {s: int(c) for s, c in per_split_counts.items()},
         "seed": int(seed),
@@ -337,9 +339,9 @@ is symmetric under horizontal flips.
 | class  | motion |
 |--------|--------|
 | bounce | ball falls onto the ground line and bounces periodically (period 18-30 frames), small horizontal drift |
-| roll   | ball rolls along the ground line across the frame (left or right, 36-64 frames per crossing, then the next ball comes in); its two-colour pattern turns at the rolling rate |
+| roll   | ball rolls along the ground line back and forth between the side walls (36-64 frames per crossing); its two-colour pattern turns at the rolling rate |
 | spin   | ball stays in place (resting on the ground or hovering with jitter) and spins fast (20-63 deg/frame) |
-| throw  | ball flies a parabolic arc across the frame (left or right, same crossing speeds as roll), never touching the ground; the next throw follows |
+| throw  | ball flies parabolic arcs back and forth between the side walls (same crossing speeds as roll), never touching the ground |
 
 Layout: `{{train,val,test}}/<class>/<class>_NNNN.mp4`; `classes.txt` lists the classes.
 The generator is deterministic: the same parameters give bit-identical files.
