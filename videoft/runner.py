@@ -374,6 +374,7 @@ def _run(cfg: Config, dist: DistInfo, out_dir: Path) -> dict:
             improved = False
             if "val" in eval_loaders and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs):
                 if cfg.train.precise_bn_batches and not cfg.train.linear_probe:
+                    train_loader.sampler.set_epoch(epoch)  # the epoch's first batches, also after a mid-epoch resume
                     # every rank sees its own shard: average so the ranks keep identical statistics
                     recompute_bn_stats(raw_model, train_loader, num_batches=cfg.train.precise_bn_batches,
                                        device=dist.device, amp_dtype=amp_dtype, channels_last=cfg.train.channels_last)
