@@ -175,7 +175,9 @@ def test_two_process_ddp_matches_one_process(tmp_path, tiny_motion_dataset):
     ranks drift apart and the weights differ from the 1-process run.
     """
     extra = ["train.epochs=2", "freeze.bn=all", "model.dropout=0.0", "train.max_steps_per_epoch=2",
-             "freeze.stages=5", "freeze.unfreeze.head_only_epochs=1", "freeze.unfreeze.every=1"]
+             "freeze.stages=5", "freeze.unfreeze.head_only_epochs=1", "freeze.unfreeze.every=1",
+             "train.precise_bn_batches=0",  # precise BN averages per-rank statistics: close, not equal
+             "optim.name=sgd"]  # Adam divides by sqrt(v): fp-rounding noise in tiny gradients is amplified
     one = tmp_path / "one"
     p1 = run_train(one, tiny_motion_dataset, *extra)
     assert p1.returncode == 0, p1.stderr[-3000:]
