@@ -11,7 +11,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from videoft.models.backbones import build_backbone, get_backbone_spec
 from videoft.models.classifier import VideoClassifier, build_classifier
 from videoft.models.freezing import (
-    UnfreezeSchedule, freeze_stages, param_groups, resolve_frozen, set_lr, set_trainable_stages,
+    UnfreezeSchedule, freeze_stages, param_groups, resolve_frozen, set_trainable_stages,
 )
 
 # pytorchvideo's Swish backward uses the deprecated ctx.saved_variables: one warning per step.
@@ -180,6 +180,8 @@ def test_param_groups_decay_names_and_coverage(model):
 
 
 def test_layer_decay_and_set_lr(model):
+    from videoft.engine.train import set_lr_factor  # the per-step schedule the runner uses
+
     groups = param_groups(model, SPEC, head_lr=1e-2, backbone_lr=1e-3, layer_decay=0.5, weight_decay=0.0)
     n = len(SPEC.stages)
     for g in groups:
@@ -188,14 +190,12 @@ def test_layer_decay_and_set_lr(model):
         assert g["lr"] == g["base_lr"] == g["initial_lr"] == pytest.approx(expected)
         assert g["lr_scale"] == pytest.approx(1.0 if unit == "head" else expected / 1e-3)
     optimizer = torch.optim.SGD(groups, lr=123.0)
-    set_lr(optimizer, 0.25)
+    set_lr_factor(optimizer, 0.25)
     for g in optimizer.param_groups:
         assert g["lr"] == pytest.approx(0.25 * g["base_lr"])
     lrs = [g["lr"] for g in optimizer.param_groups]
-    set_lr(optimizer, 0.1)
+    set_lr_factor(optimizer, 0.1)
     assert [g["lr"] / lr for g, lr in zip(optimizer.param_groups, lrs)] == pytest.approx([0.4] * len(lrs))
-    with pytest.raises(ValueError, match="base_lr"):
-        set_lr(torch.optim.SGD(model.parameters(), lr=0.1), 0.5)
     with pytest.raises(ValueError, match="layer_decay=1.5"):
         param_groups(model, SPEC, head_lr=1e-2, backbone_lr=1e-3, layer_decay=1.5, weight_decay=0.0)
 

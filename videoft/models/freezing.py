@@ -140,7 +140,7 @@ def param_groups(model: VideoClassifier, spec: BackboneSpec, *, head_lr: float, 
     - No weight decay on biases, norm weights (ndim <= 1) and NO_DECAY_NAME_PARTS parameters.
     - Layer-wise decay: the last stage gets backbone_lr, each earlier stage layer_decay times the next.
     - Each group stores "lr_scale" (its layer-decay multiplier), "base_lr" and "initial_lr" (its
-      peak lr): schedule with `set_lr(optimizer, factor)`, which sets lr = base_lr * factor, not with
+      peak lr): schedule with `videoft.engine.train.set_lr_factor`, which sets lr = base_lr * factor, not with
       schedulers that write one lr into every group.
     - include_frozen=True (for gradual unfreezing) also places frozen parameters in their groups, so
       the groups never change and an optimizer state_dict resumes cleanly. A frozen parameter gets
@@ -174,15 +174,6 @@ def param_groups(model: VideoClassifier, spec: BackboneSpec, *, head_lr: float, 
     if outside:
         raise ValueError(f"parameters outside the stages of {spec.name} and the head: {outside[:8]}")
     return groups
-
-
-def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
-    """Set every group's lr to base_lr * factor (a per-step schedule that keeps the per-group scales)."""
-    for group in optimizer.param_groups:
-        if "base_lr" not in group:
-            raise ValueError(f"param group {group.get('name', '?')!r} has no 'base_lr'; build the "
-                             f"optimizer from param_groups()")
-        group["lr"] = group["base_lr"] * factor
 
 
 def _no_decay(name: str, p: torch.Tensor) -> bool:
