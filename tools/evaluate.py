@@ -11,12 +11,10 @@ evaluated exactly once and the report equals the single-process one.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import sys
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader
 
 from videoft.data.dataset import SPLIT_NAMES, VideoClipDataset, collate, load_splits

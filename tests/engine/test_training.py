@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -14,7 +13,6 @@ import pytest
 import torch
 
 from tests.conftest import TINY_TRAIN_OVERRIDES
-from videoft.config import load_config
 from videoft.engine.checkpoint import load_checkpoint
 from videoft.engine.train import lr_factor_at
 
