@@ -57,6 +57,22 @@ def centre_view_index(num_clips: int, num_crops: int) -> int:
 
 
 @torch.no_grad()
+def forward_views(model: torch.nn.Module, video: torch.Tensor, *, device: torch.device,
+                  amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+                  chunk: int = 64) -> torch.Tensor:  # [B, V, C, T, H, W] -> [B, V, out] float on CPU
+    """Every view of every video through `model`, all views of a batch together (in chunks)."""
+    b, v = video.shape[:2]
+    flat = video.flatten(0, 1).to(device, non_blocking=True)  # [B * V, C, T, H, W]
+    if channels_last:
+        flat = flat.contiguous(memory_format=torch.channels_last_3d)
+    outs = []
+    for part in flat.split(chunk):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            outs.append(model(part).float().cpu())
+    return torch.cat(outs).view(b, v, -1)
+
+
+@torch.no_grad()
 def predict(model: torch.nn.Module, loader, *, device: torch.device, num_clips: int, num_crops: int,
             amp_dtype: torch.dtype | None = None, channels_last: bool = False,
             show_progress: bool = True, desc: str = "eval", max_views_per_forward: int = 64) -> Predictions:
@@ -69,16 +85,8 @@ def predict(model: torch.nn.Module, loader, *, device: torch.device, num_clips: 
         valid = batch["valid"]
         if not valid.any():
             continue
-        video = batch["video"][valid]                       # [B, V, C, T, H, W]
-        b, v = video.shape[:2]
-        flat = video.flatten(0, 1).to(device, non_blocking=True)  # [B * V, C, T, H, W]
-        if channels_last:
-            flat = flat.contiguous(memory_format=torch.channels_last_3d)
-        probs = []
-        for chunk in flat.split(max_views_per_forward):
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                probs.append(model(chunk).float().softmax(-1).cpu())
-        probs = torch.cat(probs).view(b, v, -1).numpy()
+        probs = forward_views(model, batch["video"][valid], device=device, amp_dtype=amp_dtype,
+                              channels_last=channels_last, chunk=max_views_per_forward).softmax(-1).numpy()
         rows = [i for i, ok in enumerate(valid.tolist()) if ok]
         for k, row in enumerate(rows):
             local[int(batch["index"][row])] = (int(batch["label"][row]), probs[k], batch["frame_indices"][row])

@@ -10,6 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from videoft.engine.evaluate import forward_views
+
 
 @torch.no_grad()
 def extract_features(backbone: torch.nn.Module, loader: DataLoader, *, device: torch.device,
@@ -24,12 +26,9 @@ def extract_features(backbone: torch.nn.Module, loader: DataLoader, *, device: t
         valid = batch["valid"]
         if not valid.any():
             continue
-        video = batch["video"][valid]                          # [B, V, C, T, H, W]
-        b, v = video.shape[:2]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = backbone(video.flatten(0, 1).to(device)).float().cpu()  # [B * V, D]
+        out = forward_views(backbone, batch["video"][valid], device=device, amp_dtype=amp_dtype)  # [B, V, D]
         for k, idx in enumerate(batch["index"][valid].tolist()):
-            feats[idx] = out.view(b, v, -1)[k]
+            feats[idx] = out[k]
     backbone.train(was_training)
     return feats, failures
 
