@@ -4,7 +4,8 @@
 Thin CLI around ``videoft.data.synthetic.generate_dataset``; see that module for
 what the classes look like and why. The output is deterministic for a given set
 of parameters. If ``--out`` already holds a complete dataset (it has a
-``.complete`` marker) nothing is rewritten unless ``--force`` is given.
+``.complete`` marker) with the requested parameters, nothing is rewritten unless
+``--force`` is given; one made with other parameters (or an older generator) is replaced.
 
     python tools/make_demo_dataset.py [--out data/demo] [--train-per-class 150]
         [--val-per-class 12] [--test-per-class 12] [--seed 0]
@@ -68,15 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     wanted = dataset_params(counts, args.seed, args.width, args.height)
 
     existing = read_marker(out)
+    regenerate = args.force
     if existing is not None and not args.force:
-        print(f"Demo dataset already present at {out} (delete it or pass --force to regenerate).")
-        if existing != wanted:
-            print(
-                "warning: it was generated with different parameters than requested:\n"
-                f"  existing:  {existing}\n  requested: {wanted}",
-                file=sys.stderr,
-            )
-        return 0
+        if existing == wanted:
+            print(f"Demo dataset already present at {out} (pass --force to regenerate).")
+            return 0
+        # Made by this generator with other parameters (or by an older version of it):
+        # the files are derived data, so replace them with what was asked for.
+        print(
+            f"Demo dataset at {out} was generated with different parameters; regenerating.\n"
+            f"  existing:  {existing}\n  requested: {wanted}"
+        )
+        regenerate = True
     if out.exists() and existing is None and not args.force:
         print(
             f"error: {out} exists but is not a complete demo dataset; pass --force to replace it",
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         width=args.width,
         height=args.height,
-        overwrite=args.force,
+        overwrite=regenerate,
         workers=max(1, args.workers),
         progress=progress,
     )

@@ -30,6 +30,7 @@ class DataConfig:
     crop_size: int | None = None
     short_side: int | None = None   # resize-on-decode short side; None: the backbone's default
     hflip: bool = True
+    scale_jitter: tuple[float, float] = (1.0, 1.25)  # training short side: short_side times a factor in this range
     batch_size: int = 8
     num_workers: int = 2
     eval_clips: int = 3             # temporal clips per video at validation (video-level accuracy)
@@ -175,6 +176,9 @@ def validate(cfg: Config) -> list[str]:
         v = getattr(cfg.data, k)
         if v is not None and v < 1:
             problems.append(f"data.{k}: must be >= 1 or null, got {v}")
+    lo, hi = cfg.data.scale_jitter
+    if not 0 < lo <= hi:
+        problems.append(f"data.scale_jitter: needs 0 < low <= high, got {list(cfg.data.scale_jitter)}")
     if not 0 <= cfg.data.val_fraction < 1 or not 0 <= cfg.data.test_fraction < 1:
         problems.append("data.val_fraction and data.test_fraction must be in [0, 1)")
     if cfg.data.num_workers < 0:

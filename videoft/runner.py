@@ -92,7 +92,7 @@ def build_loaders(cfg: Config, geom: Geometry, splits: dict, dist: DistInfo):
     """Train loader (epoch-seeded sampler, sharded) and eval loaders (sharded, unpadded)."""
     d = cfg.data
     train_tf = build_transform(True, crop_size=geom.crop_size, short_side=geom.short_side, mean=geom.mean,
-                               std=geom.std, hflip=d.hflip)
+                               std=geom.std, hflip=d.hflip, scale_jitter=d.scale_jitter)
     eval_tf = build_transform(False, crop_size=geom.crop_size, short_side=geom.short_side, mean=geom.mean,
                               std=geom.std, num_crops=d.eval_crops)
     common = {"clip_len": geom.clip_len, "stride": geom.frame_stride, "short_side": geom.short_side,
