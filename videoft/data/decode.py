@@ -31,6 +31,11 @@ _fallback_logged: set[str] = set()
 _decord_bad_sizes: set[tuple[int, int]] = set()
 
 
+def _in_main_process() -> bool:
+    from torch.utils.data import get_worker_info
+    return get_worker_info() is None
+
+
 class VideoDecodeError(Exception):
     """A video file that cannot be decoded; `path` and `reason` say which and why."""
 
@@ -151,8 +156,10 @@ class VideoReader:
                 if "from_size == to_size" in str(exc) and not self._resize_after:
                     # decord's scaler bug at this output size: native decode + torch resize
                     if (self.out_width, self.out_height) not in _decord_bad_sizes:
-                        log.info("decord cannot resize to %dx%d; decoding at native size and resizing "
-                                 "with torch", self.out_width, self.out_height)
+                        # DataLoader workers restart every epoch and would repeat this: say it at debug level
+                        level = logging.INFO if _in_main_process() else logging.DEBUG
+                        log.log(level, "decord cannot resize to %dx%d; decoding at native size and "
+                                "resizing with torch", self.out_width, self.out_height)
                     _decord_bad_sizes.add((self.out_width, self.out_height))
                     self._resize_after = True
                     try:
