@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 import torch  # imported before decord: its torch bridge would otherwise import torch lazily (~1.3 s)
+from torch.utils.data import get_worker_info
 
 try:  # decord has no wheel for every platform (e.g. aarch64, macOS arm): PyAV covers those
     import decord
@@ -29,11 +30,6 @@ _fallback_logged: set[str] = set()
 # output sizes at which decord 0.6's resize-on-decode fails ("Check failed: from_size == to_size",
 # e.g. 48x36): decode those at the native size and resize with torch instead
 _decord_bad_sizes: set[tuple[int, int]] = set()
-
-
-def _in_main_process() -> bool:
-    from torch.utils.data import get_worker_info
-    return get_worker_info() is None
 
 
 class VideoDecodeError(Exception):
@@ -157,7 +153,7 @@ class VideoReader:
                     # decord's scaler bug at this output size: native decode + torch resize
                     if (self.out_width, self.out_height) not in _decord_bad_sizes:
                         # DataLoader workers restart every epoch and would repeat this: say it at debug level
-                        level = logging.INFO if _in_main_process() else logging.DEBUG
+                        level = logging.INFO if get_worker_info() is None else logging.DEBUG
                         log.log(level, "decord cannot resize to %dx%d; decoding at native size and "
                                 "resizing with torch", self.out_width, self.out_height)
                     _decord_bad_sizes.add((self.out_width, self.out_height))
