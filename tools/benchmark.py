@@ -35,7 +35,7 @@ def bench_decode(args) -> dict:
     import torch.nn.functional as F
 
     from videoft.data.decode import VideoReader, resized_shape
-    from videoft.data.sampling import train_clip_indices
+    from videoft.data.clip_indices import train_clip_indices
 
     videos = sorted(p for p in Path(args.videos).rglob("*") if p.suffix.lower() in (".mp4", ".avi", ".mkv"))
     rng = random.Random(0)

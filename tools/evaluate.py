@@ -15,13 +15,11 @@ import logging
 import sys
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
-from videoft.data.dataset import SPLIT_NAMES, VideoClipDataset, collate, load_splits
-from videoft.data.decode import BACKENDS
-from videoft.data.transforms import build_transform
+from videoft.choices import DECODERS, EVAL_CROPS
+from videoft.data.dataset import SPLIT_NAMES, VideoSample, load_splits
+from videoft.data.loaders import build_eval_loader
 from videoft.engine.distributed import cleanup_distributed, setup_distributed
-from videoft.engine.evaluate import ShardSampler, predict, summarize
+from videoft.engine.evaluate import Predictions, predict, summarize
 from videoft.engine.report import format_summary, write_report
 from videoft.inference import load_model
 
@@ -35,11 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="test", help="split folder to evaluate (default: test); a folder "
                    "without split sub-folders, or a list file, is evaluated whole")
     p.add_argument("--clips", type=int, default=None, help="temporal clips per video (default: the run's eval_clips)")
-    p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial crops per clip")
+    p.add_argument("--crops", type=int, choices=EVAL_CROPS, default=1, help="spatial crops per clip")
     p.add_argument("--out", default=None, help="report folder (default: next to the checkpoint, eval-<split>)")
     p.add_argument("--batch-size", type=int, default=4, help="videos per batch (all their views go together)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--decoder", choices=BACKENDS, default="auto")
+    p.add_argument("--decoder", choices=DECODERS, default="auto")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0: off)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     return p.parse_args(argv)
@@ -54,66 +52,79 @@ def select_split(splits: dict, split: str, data: str) -> list:
     raise ValueError(f"{data}: no '{split}' split (available: {[k for k, v in splits.items() if v]})")
 
 
+def read_samples(data: str, split: str, classes: list[str]) -> list[VideoSample]:
+    """The videos to evaluate, labelled with the checkpoint's class indices (matched by name)."""
+    split_dir = Path(data) / split
+    if split_dir.is_dir():  # read only the split evaluated: other splits may hold other classes
+        samples = load_splits(split_dir, val_fraction=0.0, classes=classes)[0]["train"]
+    else:
+        splits, _ = load_splits(data, val_fraction=0.0, test_fraction=0.0, classes=classes)
+        samples = select_split(splits, split, data)
+    if not samples:
+        raise ValueError(f"{data}: no videos to evaluate")
+    return samples
+
+
+def build_report(args: argparse.Namespace, pred: Predictions, samples: list[VideoSample], classes: list[str],
+                 views: dict) -> tuple[dict, list[dict]]:
+    """report.json's content and the per-video predictions (see videoft.engine.report.REPORT_KEYS)."""
+    metrics = summarize(pred, classes, n_boot=args.bootstrap)
+    report = {
+        "checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
+        "num_videos": len(pred.indices), "num_failed": len(pred.failures),
+        "failed": [{"path": p, "reason": r} for p, r in pred.failures],
+        "clip_level": metrics["clip_level"], "video_level": metrics["video_level"],
+        "views": views, "class_names": classes,
+        "per_video": [{"path": samples[i].path, "label": samples[i].label, "class": classes[samples[i].label],
+                       "frame_indices": fi, "crops": args.crops}
+                      for i, fi in zip(pred.indices, pred.frame_indices)],
+    }
+    video_pred = pred.video_probs.argmax(1)
+    predictions = [{"video": samples[i].path, "true": classes[int(t)], "predicted": classes[int(p)],
+                    "confidence": round(float(pred.video_probs[k, p]), 6)}
+                   for k, (i, t, p) in enumerate(zip(pred.indices, pred.labels, video_pred))]
+    return report, predictions
+
+
+def evaluate(args: argparse.Namespace, dist) -> Path | None:
+    """Evaluate on every rank; rank 0 writes the report and returns its folder."""
+    model, ckpt = load_model(args.checkpoint, dist.device)
+    pre, classes = ckpt.preprocessing, ckpt.classes
+    num_clips = args.clips or ckpt.config.data.eval_clips
+    samples = read_samples(args.data, args.split, classes)
+    loader = build_eval_loader(samples, pre, num_clips=num_clips, num_crops=args.crops, batch_size=args.batch_size,
+                               num_workers=args.workers, rank=dist.rank, world_size=dist.world_size,
+                               device=dist.device, backend=args.decoder)
+    log.info("evaluating %s on %d videos of %s (%s): %d clips x %d crops per video", args.checkpoint,
+             len(samples), args.data, args.split, num_clips, args.crops)
+    pred = predict(model, loader, device=dist.device, num_clips=num_clips, num_crops=args.crops,
+                   show_progress=dist.is_main)
+    if not dist.is_main:
+        return None
+    if not pred.indices:
+        raise ValueError(f"none of the {len(samples)} videos could be decoded: "
+                         + "; ".join(f"{p}: {r}" for p, r in pred.failures[:5]))
+    views = {"clips": num_clips, "crops": args.crops, **{k: v for k, v in pre.as_dict().items()
+                                                          if k not in ("mean", "std")}}
+    report, predictions = build_report(args, pred, samples, classes, views)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
+    paths = write_report(out, report=report, class_names=classes, predictions=predictions)
+    print(format_summary(report))
+    if pred.failures:
+        print(f"\n{len(pred.failures)} video(s) could not be decoded and are excluded (listed in report.json):")
+        for p, r in pred.failures:
+            print(f"  {p}: {r}")
+    print(f"\nreport: {paths.get('report.html', out)}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dist = setup_distributed(args.device)
     logging.basicConfig(level=logging.INFO if dist.is_main else logging.WARNING,
                         format="%(levelname)s %(message)s", stream=sys.stdout)
     try:
-        model, state = load_model(args.checkpoint, dist.device)
-        classes = state["classes"]
-        pre = state["preprocessing"]
-        num_clips = args.clips or state.get("config", {}).get("data", {}).get("eval_clips", 3)
-        split_dir = Path(args.data) / args.split
-        if split_dir.is_dir():  # read only the split evaluated: other splits may hold other classes
-            samples = load_splits(split_dir, val_fraction=0.0, classes=classes)[0]["train"]
-        else:
-            splits, _ = load_splits(args.data, val_fraction=0.0, test_fraction=0.0, classes=classes)
-            samples = select_split(splits, args.split, args.data)
-        if not samples:
-            raise ValueError(f"{args.data}: no videos to evaluate")
-        transform = build_transform(False, crop_size=pre["crop_size"], short_side=pre["short_side"],
-                                    mean=pre["mean"], std=pre["std"], num_crops=args.crops)
-        ds = VideoClipDataset(samples, clip_len=pre["clip_len"], stride=pre["frame_stride"], train=False,
-                              transform=transform, short_side=pre["short_side"], num_clips=num_clips,
-                              backend=args.decoder)
-        loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate,
-                            sampler=ShardSampler(len(ds), dist.rank, dist.world_size))
-        log.info("evaluating %s on %d videos of %s (%s): %d clips x %d crops per video", args.checkpoint,
-                 len(samples), args.data, args.split, num_clips, args.crops)
-        pred = predict(model, loader, device=dist.device, num_clips=num_clips, num_crops=args.crops,
-                       show_progress=dist.is_main)
-        if not dist.is_main:
-            return 0
-        if not pred.indices:
-            raise ValueError(f"none of the {len(samples)} videos could be decoded: "
-                             + "; ".join(f"{p}: {r}" for p, r in pred.failures[:5]))
-        metrics = summarize(pred, classes, n_boot=args.bootstrap)
-        out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
-        report = {
-            "checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
-            "num_videos": len(pred.indices), "num_failed": len(pred.failures),
-            "failed": [{"path": p, "reason": r} for p, r in pred.failures],
-            "clip_level": metrics["clip_level"], "video_level": metrics["video_level"],
-            "views": {"clips": num_clips, "crops": args.crops, "clip_len": pre["clip_len"],
-                      "frame_stride": pre["frame_stride"], "crop_size": pre["crop_size"],
-                      "short_side": pre["short_side"]},
-            "class_names": classes,
-            "per_video": [{"path": samples[i].path, "label": samples[i].label, "class": classes[samples[i].label],
-                           "frame_indices": fi, "crops": args.crops}
-                          for i, fi in zip(pred.indices, pred.frame_indices)],
-        }
-        video_pred = pred.video_probs.argmax(1)
-        predictions = [{"video": samples[i].path, "true": classes[int(t)], "predicted": classes[int(p)],
-                        "confidence": round(float(pred.video_probs[k, p]), 6)}
-                       for k, (i, t, p) in enumerate(zip(pred.indices, pred.labels, video_pred))]
-        paths = write_report(out, report=report, class_names=classes, predictions=predictions)
-        print(format_summary(report))
-        if pred.failures:
-            print(f"\n{len(pred.failures)} video(s) could not be decoded and are excluded (listed in report.json):")
-            for p, r in pred.failures:
-                print(f"  {p}: {r}")
-        print(f"\nreport: {paths.get('report.html', out)}")
+        evaluate(args, dist)
         return 0
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

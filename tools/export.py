@@ -22,9 +22,9 @@ from videoft.inference import load_model
 
 def export(checkpoint: str, fmt: str, out: str | None = None, *, atol: float = 1e-4) -> tuple[Path, float]:
     """Write the model; return its path and the max |logit difference| against PyTorch on a test clip."""
-    model, state = load_model(checkpoint, "cpu")
-    pre = state["preprocessing"]
-    example = torch.randn(2, 3, pre["clip_len"], pre["crop_size"], pre["crop_size"],
+    model, ckpt = load_model(checkpoint, "cpu")
+    pre = ckpt.preprocessing
+    example = torch.randn(2, 3, pre.clip_len, pre.crop_size, pre.crop_size,
                           generator=torch.Generator().manual_seed(0))
     path = Path(out) if out else Path(checkpoint).with_suffix(".ts" if fmt == "torchscript" else ".onnx")
     with torch.no_grad():
@@ -47,8 +47,8 @@ def export(checkpoint: str, fmt: str, out: str | None = None, *, atol: float = 1
     diff = float((expected - got).abs().max()) if got is not None else float("nan")
     if got is not None and diff > atol:
         raise RuntimeError(f"exported model differs from PyTorch by {diff:.2e} (> {atol})")
-    meta = {"classes": state["classes"], "backbone": state["backbone"], "preprocessing": pre,
-            "input": ["batch", 3, pre["clip_len"], pre["crop_size"], pre["crop_size"]]}
+    meta = {"classes": ckpt.classes, "backbone": ckpt.backbone, "preprocessing": pre.as_dict(),
+            "input": ["batch", 3, pre.clip_len, pre.crop_size, pre.crop_size]}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     return path, diff
 

@@ -14,7 +14,8 @@ import csv
 import json
 import sys
 
-from videoft.data.decode import BACKENDS, VideoDecodeError
+from videoft.choices import DECODERS, EVAL_CROPS
+from videoft.data.decode import VideoDecodeError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,12 +24,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("videos", nargs="+")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--clips", type=int, default=None, help="clips averaged per prediction (default: the run's)")
-    p.add_argument("--crops", type=int, choices=(1, 3), default=1)
+    p.add_argument("--crops", type=int, choices=EVAL_CROPS, default=1)
     p.add_argument("--window", type=float, default=None, help="sliding window length in seconds (timeline mode)")
     p.add_argument("--stride", type=float, default=None, help="window hop in seconds (default: window / 2)")
     p.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
     p.add_argument("--csv", default=None, help="timeline mode: also write the windows to this CSV file")
-    p.add_argument("--decoder", choices=BACKENDS, default="auto")
+    p.add_argument("--decoder", choices=DECODERS, default="auto")
     p.add_argument("--device", default=None)
     return p.parse_args(argv)
 

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from videoft.engine.train import NonFiniteLossError  # heavy imports once the config is valid
-    from videoft.runner import run
+    from videoft.recipe import run
 
     try:
         summary = run(cfg)

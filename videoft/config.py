@@ -10,6 +10,9 @@ from typing import Any
 
 import yaml
 
+from videoft.choices import (AMP_MODES, BEST_METRICS, BN_MODES, DECODERS, EVAL_CROPS, ON_MISSING_WEIGHTS,
+                             OPTIMIZERS, weights_source_problem)
+
 
 class ConfigError(ValueError):
     """One or more problems in a configuration; the message lists all of them."""
@@ -114,15 +117,15 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# the choice-valued keys; the lists live in videoft.choices, beside the components that use them
 CHOICES = {
-    "data.decoder": ("auto", "decord", "pyav"),
-    "data.eval_crops": (1, 3),
-    "model.pretrained": (None, "kinetics400"),
-    "model.on_missing_weights": ("error", "random"),
-    "freeze.bn": ("frozen", "all", "train"),
-    "optim.name": ("sgd", "adamw"),
-    "train.amp": ("auto", "bf16", "fp16", "off"),
-    "train.best_metric": ("mean_class_accuracy", "top1", "video_top1", "video_mean_class_accuracy"),
+    "data.decoder": DECODERS,
+    "data.eval_crops": EVAL_CROPS,
+    "model.on_missing_weights": ON_MISSING_WEIGHTS,
+    "freeze.bn": BN_MODES,
+    "optim.name": OPTIMIZERS,
+    "train.amp": AMP_MODES,
+    "train.best_metric": BEST_METRICS,
 }
 
 
@@ -185,8 +188,9 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
     if cfg.train.linear_probe and cfg.freeze.unfreeze.every:
         problems.append("train.linear_probe keeps the whole backbone frozen: freeze.unfreeze.every must be 0")
-    if cfg.model.pretrained and cfg.model.weights:
-        problems.append("model.pretrained and model.weights: give one, not both")
+    weights_problem = weights_source_problem(cfg.model.pretrained, cfg.model.weights)
+    if weights_problem:
+        problems.append(weights_problem)
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).exists():
         problems.append(f"resume: {cfg.resume} does not exist (use 'auto' or a checkpoint path)")
     return problems

@@ -14,22 +14,25 @@ from pathlib import Path
 
 import torch
 
+from videoft.checkpoint import RunCheckpoint, read_run_checkpoint
+from videoft.data.clip_indices import clip_span, eval_clip_indices, union_indices
+from videoft.data.dataset import decode_views, views_from_frames
 from videoft.data.decode import VideoReader
-from videoft.data.sampling import clip_span, eval_clip_indices, union_indices
-from videoft.data.transforms import build_transform
-from videoft.engine.checkpoint import load_checkpoint
 from videoft.models.classifier import VideoClassifier, build_classifier
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[VideoClassifier, dict]:
-    """The classifier of a videoft checkpoint (eval mode on `device`) and the checkpoint dict."""
-    state = load_checkpoint(path)
-    pre = state["preprocessing"]
-    dropout = state.get("config", {}).get("model", {}).get("dropout", 0.5)
-    model = build_classifier(state["backbone"], state["num_classes"], clip_len=pre["clip_len"],
-                             crop_size=pre["crop_size"], pretrained=None, weights=None, dropout=dropout)
-    model.load_state_dict(state["model"])  # strict: a checkpoint that does not fit is an error
-    return model.to(device).eval(), state
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[VideoClassifier, RunCheckpoint]:
+    """The classifier of a videoft checkpoint (eval mode on `device`) and the checkpoint."""
+    ckpt = read_run_checkpoint(path)
+    pre = ckpt.preprocessing
+    model = build_classifier(ckpt.backbone, ckpt.num_classes, clip_len=pre.clip_len, crop_size=pre.crop_size,
+                             pretrained=None, weights=None, dropout=ckpt.config.model.dropout)
+    try:
+        model.load_state_dict(ckpt.model)  # strict: a checkpoint that does not fit is an error
+    except RuntimeError as err:
+        raise ValueError(f"{path}: its weights do not fit a {ckpt.backbone} classifier with "
+                         f"{ckpt.num_classes} classes ({str(err).splitlines()[0]})") from None
+    return model.to(device).eval(), ckpt
 
 
 @dataclass
@@ -48,36 +51,33 @@ class Predictor:
         num_crops: 1 (centre) or 3 spatial crops per clip.
     """
 
-    def __init__(self, model: VideoClassifier, state: dict, *, device: str | torch.device = "cpu",
+    def __init__(self, model: VideoClassifier, ckpt: RunCheckpoint, *, device: str | torch.device = "cpu",
                  num_clips: int | None = None, num_crops: int = 1, backend: str = "auto"):
         self.model, self.device, self.backend = model, torch.device(device), backend
-        self.classes: list[str] = list(state["classes"])
-        pre = state["preprocessing"]
-        self.clip_len, self.stride = pre["clip_len"], pre["frame_stride"]
-        self.short_side = pre["short_side"]
-        self.num_clips = num_clips or state.get("config", {}).get("data", {}).get("eval_clips", 3)
+        self.classes: list[str] = list(ckpt.classes)
+        pre = ckpt.preprocessing
+        self.clip_len, self.stride, self.short_side = pre.clip_len, pre.frame_stride, pre.short_side
+        self.num_clips = num_clips or ckpt.config.data.eval_clips
         self.num_crops = num_crops
-        self.transform = build_transform(False, crop_size=pre["crop_size"], short_side=pre["short_side"],
-                                         mean=pre["mean"], std=pre["std"], num_crops=num_crops)
+        self.transform = pre.eval_transform(num_crops)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device | None = None, **kwargs) -> "Predictor":
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model, state = load_model(path, device)
-        return cls(model, state, device=device, **kwargs)
+        model, ckpt = load_model(path, device)
+        return cls(model, ckpt, device=device, **kwargs)
 
     @torch.no_grad()
-    def _probs(self, frames: torch.Tensor, clips_pos: list[list[int]]) -> torch.Tensor:  # -> [C]
-        views = torch.cat([self.transform(frames[pos]) for pos in clips_pos])  # [K * crops, C, T, H, W]
+    def _probs(self, views: torch.Tensor) -> torch.Tensor:  # [V, C, T, H, W] -> [num_classes]
         logits = torch.cat([self.model(chunk.to(self.device)) for chunk in views.split(32)])
         return logits.float().softmax(-1).mean(0).cpu()
 
     def predict(self, path: str | Path, topk: int = 5) -> dict:
         """Top-k labels of a whole clip: `num_clips` clips over its full length, softmax averaged."""
         reader = VideoReader(path, short_side=self.short_side, backend=self.backend)
-        clips = eval_clip_indices(reader.info.num_frames, self.clip_len, self.stride, self.num_clips)
-        needed, positions = union_indices(clips)
-        probs = self._probs(reader.get_frames(needed), positions)
+        views, clips = decode_views(reader, clip_len=self.clip_len, stride=self.stride, num_clips=self.num_clips,
+                                    transform=self.transform)
+        probs = self._probs(views)
         return {"video": str(path), "duration": reader.info.duration, "num_frames": reader.info.num_frames,
                 "top": self._top(probs, topk), "frame_indices": clips}
 
@@ -103,7 +103,8 @@ class Predictor:
             frames = reader.get_frames(needed)
             where = {f: k for k, f in enumerate(needed)}
             for s, clips in zip(group, clip_sets):
-                probs = self._probs(frames, [[where[i] for i in c] for c in clips])
+                probs = self._probs(views_from_frames(frames, [[where[i] for i in c] for c in clips],
+                                                      self.transform))
                 top = self._top(probs, topk)
                 windows.append({"start": s / fps, "end": min(n, s + win_frames) / fps, "label": top[0][0],
                                 "probability": top[0][1], "top": top})

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from videoft.engine.metrics import (
-    average_views,
     bootstrap_ci,
     compute_metrics,
     confusion_matrix,
@@ -138,20 +137,6 @@ def test_bootstrap_is_fast():
     start = time.perf_counter()
     bootstrap_ci(labels, preds, 100, metric="mean_class", n_boot=1000)
     assert time.perf_counter() - start < 3.0  # ~0.4 s on 2 CPU cores; generous for CI noise
-
-
-def test_average_views_changes_prediction():
-    # Video 0: first view says class 0, but the other two views say class 1.
-    view_probs = np.array([[[0.6, 0.4], [0.1, 0.9], [0.2, 0.8]],
-                           [[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]]])  # [N=2, V=3, C=2]
-    video = average_views(view_probs)
-    np.testing.assert_allclose(video, [[0.3, 0.7], [0.8, 0.2]])
-    np.testing.assert_allclose(video.sum(1), 1.0)
-    labels = np.array([1, 0])
-    assert topk_accuracy(view_probs[:, 0], labels, 1) == 0.5  # clip level: first view
-    assert topk_accuracy(video, labels, 1) == 1.0
-    with pytest.raises(ValueError, match=r"\[N, V, C\]"):
-        average_views(view_probs[0])
 
 
 def test_compute_metrics_without_bootstrap():

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from videoft.engine.metrics import average_views, compute_metrics
+from videoft.engine.metrics import compute_metrics
 from videoft.engine.report import (
     REPORT_FILES,
     REPORT_KEYS,
@@ -32,7 +32,7 @@ def make_report(class_names: list[str], num_videos: int, *, clips: int = 2, crop
     logits = rng.normal(size=(num_videos, v, c))
     logits[np.arange(num_videos), :, labels] += 2.0  # mostly right
     view_probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)  # [N, V, C]
-    video_probs = average_views(view_probs)
+    video_probs = view_probs.mean(1)  # [N, C], as Predictions.video_probs
     paths = [f"videos/{class_names[y]}/{i:04d}.mp4" for i, y in enumerate(labels)]
     report = {
         "checkpoint": "runs/demo/best.pt",

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from videoft.engine.checkpoint import save_checkpoint
 from videoft.models.classifier import build_classifier
 
-from .tool_helpers import CLASSES, EVAL_VIDEOS, GEOMETRY, build_controlled_model, make_state, write_grey_video
+from .tool_helpers import CLASSES, EVAL_VIDEOS, GEOMETRY, build_controlled_model, make_checkpoint, write_grey_video
 
 
 @pytest.fixture(scope="package", autouse=True)
@@ -30,7 +29,7 @@ def one_torch_thread():
 def controlled_checkpoint(tmp_path_factory) -> Path:
     """Checkpoint of build_controlled_model (class names, geometry and config like a real run)."""
     path = tmp_path_factory.mktemp("ckpt") / "controlled.pt"
-    save_checkpoint(make_state(build_controlled_model()), path)
+    make_checkpoint(build_controlled_model()).save(path)
     return path
 
 
@@ -41,7 +40,7 @@ def plain_checkpoint(tmp_path_factory) -> Path:
     model = build_classifier("x3d_xs", len(CLASSES), clip_len=GEOMETRY["clip_len"],
                              crop_size=GEOMETRY["crop_size"])
     path = tmp_path_factory.mktemp("ckpt") / "plain.pt"
-    save_checkpoint(make_state(model), path)
+    make_checkpoint(model).save(path)
     return path
 
 

@@ -21,7 +21,9 @@ import av
 import numpy as np
 import torch
 
-from videoft.config import Config, DataConfig, ModelConfig, to_dict
+from videoft.checkpoint import RunCheckpoint
+from videoft.config import Config, DataConfig, ModelConfig
+from videoft.data.transforms import Preprocessing
 from videoft.models.classifier import build_classifier
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,16 +81,15 @@ def grey_clip(value: int) -> torch.Tensor:  # [3, T, crop, crop]
     return (torch.full((3, t, size, size), value / 255.0) - mean) / std
 
 
-def make_state(model: torch.nn.Module) -> dict:
-    """A checkpoint dict in videoft.runner.checkpoint_state's format (inference keys only)."""
+def make_checkpoint(model: torch.nn.Module) -> RunCheckpoint:
+    """A weights-only videoft checkpoint (what inference needs, no training state)."""
     cfg = Config(out_dir="unused", data=DataConfig(root="unused", clip_len=GEOMETRY["clip_len"],
                                                    frame_stride=GEOMETRY["frame_stride"],
                                                    crop_size=GEOMETRY["crop_size"],
                                                    short_side=GEOMETRY["short_side"], eval_clips=EVAL_CLIPS),
                  model=ModelConfig(backbone="x3d_xs", dropout=0.5))
-    return {"format": "videoft/1", "model": model.state_dict(), "classes": list(CLASSES), "backbone": "x3d_xs",
-            "preprocessing": dict(GEOMETRY), "num_classes": len(CLASSES), "config": to_dict(cfg),
-            "epoch": 0, "step": 0}
+    return RunCheckpoint(model=model.state_dict(), classes=list(CLASSES), backbone="x3d_xs",
+                         preprocessing=Preprocessing.from_dict(GEOMETRY), config=cfg)
 
 
 def build_controlled_model() -> torch.nn.Module:

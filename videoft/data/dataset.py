@@ -16,13 +16,13 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypedDict
 
 import torch
 from torch.utils.data import Dataset
 
+from videoft.data.clip_indices import eval_clip_indices, train_clip_indices, union_indices
 from videoft.data.decode import VideoDecodeError, VideoReader
-from videoft.data.sampling import eval_clip_indices, train_clip_indices, union_indices
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,28 @@ _GROUP = re.compile(r"_g(\d+)_", re.IGNORECASE)
 class VideoSample:
     path: str
     label: int
+
+
+class Item(TypedDict):
+    """One dataset item (VideoClipDataset, or cached features in engine.features)."""
+
+    video: torch.Tensor | None    # train [C, T, H, W]; eval [V, C, T, H, W]; cached [V, D]; None: undecodable
+    label: int
+    index: int                    # dataset index of the video used (training may draw a replacement)
+    valid: bool                   # False: an undecodable eval video (reason in `failures`)
+    frame_indices: list | None    # eval: each clip's frame indices
+    failures: list                # (path, reason) of the videos that failed to decode for this item
+
+
+class Batch(TypedDict):
+    """A collated batch of Items: what the training, evaluation and feature loops read."""
+
+    video: torch.Tensor           # train [B, C, T, H, W]; eval [B, V, C, T, H, W]; cached [B, V, D]
+    label: torch.Tensor           # [B] int64
+    index: torch.Tensor           # [B] int64
+    valid: torch.Tensor           # [B] bool
+    frame_indices: list           # per item
+    failures: list                # (path, reason) over the batch
 
 
 def is_video(path: str | Path) -> bool:
@@ -171,6 +193,25 @@ def split_summary(splits: dict[str, list[VideoSample]], classes: Sequence[str]) 
     return "\n".join(lines)
 
 
+def views_from_frames(frames: torch.Tensor, positions: Sequence[Sequence[int]],
+                      transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Each clip (its positions in `frames` [N, H, W, C]) transformed into 1 or 3 crops, clip-major:
+    [clips * crops, C, T, H, W]."""
+    return torch.cat([transform(frames[list(pos)]) for pos in positions])
+
+
+def decode_views(reader: VideoReader, *, clip_len: int, stride: int, num_clips: int,
+                 transform: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, list[list[int]]]:
+    """The evaluation views of a video: `num_clips` clips spread over its whole length, decoded in
+    one pass over their union, each transformed (1 or 3 crops). Returns the views
+    [clips * crops, C, T, H, W] and each clip's frame indices (clamped to the frames that decode)."""
+    clips = eval_clip_indices(reader.info.num_frames, clip_len, stride, num_clips)
+    frames_needed, positions = union_indices(clips)
+    frames = reader.get_frames(frames_needed)  # one pass over the union of the clips
+    clips = [[min(i, reader.info.num_frames - 1) for i in c] for c in clips]  # after any clamping
+    return views_from_frames(frames, positions, transform), clips
+
+
 class VideoClipDataset(Dataset):
     """Clips of labelled videos, decoded on demand.
 
@@ -198,10 +239,10 @@ class VideoClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> Item:
         return self._train_item(index) if self.train else self._eval_item(index)
 
-    def _train_item(self, index: int) -> dict:
+    def _train_item(self, index: int) -> Item:
         failures = []
         rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
         current = index
@@ -214,30 +255,28 @@ class VideoClipDataset(Dataset):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(rng.getrandbits(63))
                     video = self.transform(frames)
-                return {"video": video, "label": sample.label, "index": current, "failures": failures}
+                return Item(video=video, label=sample.label, index=current, valid=True, frame_indices=None,
+                            failures=failures)
             except VideoDecodeError as err:
                 failures.append((err.path, err.reason))
                 current = rng.randrange(len(self.samples))
         raise RuntimeError(f"{len(failures)} videos in a row failed to decode, last: "
                            f"{failures[-1][0]}: {failures[-1][1]}")
 
-    def _eval_item(self, index: int) -> dict:
+    def _eval_item(self, index: int) -> Item:
         sample = self.samples[index]
         try:
             reader = VideoReader(sample.path, short_side=self.short_side, backend=self.backend)
-            clips = eval_clip_indices(reader.info.num_frames, self.clip_len, self.stride, self.num_clips)
-            frames_needed, positions = union_indices(clips)
-            frames = reader.get_frames(frames_needed)  # one pass over the union of the clips
-            clips = [[min(i, reader.info.num_frames - 1) for i in c] for c in clips]  # after any clamping
-            views = torch.cat([self.transform(frames[pos]) for pos in positions])  # [K * crops, C, T, H, W]
-            return {"video": views, "label": sample.label, "index": index, "valid": True,
-                    "frame_indices": clips, "failures": []}
+            views, clips = decode_views(reader, clip_len=self.clip_len, stride=self.stride,
+                                        num_clips=self.num_clips, transform=self.transform)
+            return Item(video=views, label=sample.label, index=index, valid=True, frame_indices=clips,
+                        failures=[])
         except VideoDecodeError as err:
-            return {"video": None, "label": sample.label, "index": index, "valid": False,
-                    "frame_indices": [], "failures": [(err.path, err.reason)]}
+            return Item(video=None, label=sample.label, index=index, valid=False, frame_indices=[],
+                        failures=[(err.path, err.reason)])
 
 
-def collate(batch: list[dict]) -> dict:
+def collate(batch: list[Item]) -> Batch:
     """Stack clips and labels; keep failures and frame indices as lists.
 
     Invalid eval items (undecodable videos) get a zero tensor shaped like the valid
@@ -245,11 +284,11 @@ def collate(batch: list[dict]) -> dict:
     """
     shape = next((b["video"].shape for b in batch if b["video"] is not None), None)
     videos = [b["video"] if b["video"] is not None else torch.zeros(shape) for b in batch] if shape else []
-    return {
-        "video": torch.stack(videos) if videos else torch.empty(0),
-        "label": torch.tensor([b["label"] for b in batch]),
-        "index": torch.tensor([b["index"] for b in batch]),
-        "valid": torch.tensor([b.get("valid", True) for b in batch]),
-        "frame_indices": [b.get("frame_indices") for b in batch],
-        "failures": [f for b in batch for f in b["failures"]],
-    }
+    return Batch(
+        video=torch.stack(videos) if videos else torch.empty(0),
+        label=torch.tensor([b["label"] for b in batch]),
+        index=torch.tensor([b["index"] for b in batch]),
+        valid=torch.tensor([b["valid"] for b in batch]),
+        frame_indices=[b["frame_indices"] for b in batch],
+        failures=[f for b in batch for f in b["failures"]],
+    )

@@ -23,9 +23,10 @@ except ImportError:  # pragma: no cover - depends on the platform
 
 import av
 
+from videoft.choices import DECODERS
+
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "decord", "pyav")
 _fallback_logged: set[str] = set()
 # output sizes at which decord 0.6's resize-on-decode fails ("Check failed: from_size == to_size",
 # e.g. 48x36): decode those at the native size and resize with torch instead
@@ -110,8 +111,8 @@ class VideoReader:
 
     def __init__(self, path: str | os.PathLike, *, short_side: int | None = None,
                  backend: str = "auto", num_threads: int = 1):
-        if backend not in BACKENDS:
-            raise ValueError(f"decoder backend {backend!r} is not one of {BACKENDS}")
+        if backend not in DECODERS:
+            raise ValueError(f"decoder backend {backend!r} is not one of {DECODERS}")
         self.path = str(path)
         self.short_side = short_side
         self.num_threads = num_threads
@@ -246,5 +247,4 @@ def _short(exc: BaseException) -> str:
     return text[:160]
 
 
-__all__ = ["VideoDecodeError", "VideoInfo", "VideoReader", "probe", "read_frames", "resized_shape",
-           "BACKENDS"]
+__all__ = ["VideoDecodeError", "VideoInfo", "VideoReader", "probe", "read_frames", "resized_shape"]

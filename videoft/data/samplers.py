@@ -1,8 +1,9 @@
-"""Training sampler: an epoch-seeded order, optionally class-balanced, sharded over ranks.
+"""Which videos each rank loads: the training order (epoch-seeded, sharded, padded) and the
+evaluation shard (every video exactly once, no padding).
 
-The order depends only on (seed, epoch), so one process with global batch B and N
-processes with batch B/N see the same global batches, and a resumed run sees the
-same order as an uninterrupted one (`start` skips what was already trained on).
+The training order depends only on (seed, epoch), so one process with global batch B and N
+processes with batch B/N see the same global batches, and a resumed run sees the same order
+as an uninterrupted one (`start` skips what was already trained on).
 """
 from __future__ import annotations
 
@@ -52,3 +53,16 @@ class TrainSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_per_rank - self.start
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation: rank r takes videos r, r + world, r + 2 world, ...: no padding, every video exactly once."""
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, num_samples, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

@@ -6,7 +6,8 @@ pytorchvideo.transforms is never imported: it does not import with this torchvis
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 from torchvision import tv_tensors
@@ -94,3 +95,33 @@ def build_transform(train: bool, *, crop_size: int, short_side: int, mean: Seque
         hi = max(lo, int(round(short_side * scale_jitter[1])))
         return TrainPreset(crop_size=crop_size, scale_range=(lo, hi), mean=mean, std=std, hflip=hflip)
     return EvalPreset(crop_size=crop_size, short_side=short_side, mean=mean, std=std, num_crops=num_crops)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model's clips are cut and normalised: fixed at training, stored in its checkpoints,
+    and reused unchanged by evaluation and inference."""
+
+    clip_len: int                       # frames per clip
+    frame_stride: int                   # frames between sampled frames
+    crop_size: int                      # square crop fed to the model (pixels)
+    short_side: int                     # resize-on-decode short side (pixels)
+    mean: tuple[float, float, float]    # normalisation on [0, 1] RGB
+    std: tuple[float, float, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"clip_len": self.clip_len, "frame_stride": self.frame_stride, "crop_size": self.crop_size,
+                "short_side": self.short_side, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(int(d["clip_len"]), int(d["frame_stride"]), int(d["crop_size"]), int(d["short_side"]),
+                   tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
+
+    def train_transform(self, *, hflip: bool = True, scale_jitter: tuple[float, float] = (1.0, 1.25)) -> TrainPreset:
+        return build_transform(True, crop_size=self.crop_size, short_side=self.short_side, mean=self.mean,
+                               std=self.std, hflip=hflip, scale_jitter=scale_jitter)
+
+    def eval_transform(self, num_crops: int = 1) -> EvalPreset:
+        return build_transform(False, crop_size=self.crop_size, short_side=self.short_side, mean=self.mean,
+                               std=self.std, num_crops=num_crops)

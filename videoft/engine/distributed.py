@@ -74,12 +74,17 @@ def all_gather_objects(obj):
     return [obj]
 
 
-def broadcast_object(obj, src: int = 0):
-    if dist.is_available() and dist.is_initialized():
-        box = [obj]
-        dist.broadcast_object_list(box, src=src)
-        return box[0]
-    return obj
+def merge_from_ranks(local: dict, failures: list) -> tuple[dict, list]:
+    """Each rank's {dataset index: result} and (path, reason) failures, merged over all ranks.
+
+    Failures come back sorted by path: the same list whatever the number of ranks.
+    """
+    merged: dict = {}
+    all_failures: list = []
+    for part, fails in all_gather_objects((local, failures)):
+        merged.update(part)
+        all_failures += fails
+    return merged, sorted(all_failures)
 
 
 def sync_bn_stats(model: torch.nn.Module) -> None:

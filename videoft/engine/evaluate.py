@@ -11,24 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
 from tqdm import tqdm
 
-from videoft.engine.distributed import all_gather_objects
+from videoft.engine.distributed import merge_from_ranks
 from videoft.engine.metrics import compute_metrics
-
-
-class ShardSampler(Sampler[int]):
-    """Rank r takes videos r, r + world, r + 2 world, ...: no padding, every video exactly once."""
-
-    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1):
-        self.indices = list(range(rank, num_samples, world_size))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 @dataclass
@@ -90,12 +76,7 @@ def predict(model: torch.nn.Module, loader, *, device: torch.device, num_clips: 
         rows = [i for i, ok in enumerate(valid.tolist()) if ok]
         for k, row in enumerate(rows):
             local[int(batch["index"][row])] = (int(batch["label"][row]), probs[k], batch["frame_indices"][row])
-    merged: dict[int, tuple] = {}
-    all_failures = []
-    for part, fails in all_gather_objects((local, failures)):
-        merged.update(part)
-        all_failures += fails
-    all_failures.sort()  # by path: the same list whatever the number of ranks (ranks gather in rank order)
+    merged, all_failures = merge_from_ranks(local, failures)
     order = sorted(merged)
     num_classes = _num_classes(model)
     return Predictions(

@@ -6,11 +6,19 @@ training as recomputing it every epoch, at a fraction of the decoding and forwar
 """
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from videoft.data.dataset import Item, collate
+from videoft.data.loaders import build_eval_loader
+from videoft.engine.distributed import DistInfo, merge_from_ranks
 from videoft.engine.evaluate import forward_views
+
+log = logging.getLogger("videoft")
 
 
 @torch.no_grad()
@@ -45,7 +53,26 @@ class FeatureDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Nothing to re-draw: the views are deterministic."""
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> Item:
         feats = self.features.get(index)
-        return {"video": feats, "label": self.labels[index], "index": index, "valid": feats is not None,
-                "frame_indices": None, "failures": []}
+        return Item(video=feats, label=self.labels[index], index=index, valid=feats is not None,
+                    frame_indices=None, failures=[])
+
+
+def cache_features(backbone: torch.nn.Module, loader: DataLoader, dist: DistInfo,
+                   amp_dtype: torch.dtype | None = None) -> tuple[DataLoader, list]:
+    """Run the frozen backbone once over the training views of `loader` (sharded over ranks), share
+    them, and return a loader of cached features with the same sampler, batch size and generator,
+    plus the (path, reason) decode failures."""
+    ds = loader.dataset
+    shard = build_eval_loader(ds, batch_size=loader.batch_size, num_workers=loader.num_workers,
+                              rank=dist.rank, world_size=dist.world_size, device=dist.device)
+    t0 = time.perf_counter()
+    feats, failures = extract_features(backbone, shard, device=dist.device, amp_dtype=amp_dtype,
+                                       show_progress=dist.is_main)
+    merged, all_failures = merge_from_ranks(feats, failures)
+    log.info("linear probe: cached features of %d training videos (%d views each) in %.1f s",
+             len(merged), ds.num_clips * getattr(ds.transform, "num_crops", 1), time.perf_counter() - t0)
+    cached = FeatureDataset(merged, [s.label for s in ds.samples])
+    return DataLoader(cached, batch_size=loader.batch_size, sampler=loader.sampler, collate_fn=collate,
+                      generator=loader.generator), all_failures

@@ -207,11 +207,3 @@ def compute_metrics(
         "confusion_matrix": cm.tolist(),
         "most_confused": most_confused_pairs(cm, class_names),
     }
-
-
-def average_views(view_probs: np.ndarray) -> np.ndarray:
-    """Video-level probabilities [N, C] as the mean of per-view softmax outputs [N, V, C]."""
-    view_probs = np.asarray(view_probs, dtype=np.float64)
-    if view_probs.ndim != 3 or view_probs.shape[1] == 0:
-        raise ValueError(f"view_probs must have shape [N, V, C], V >= 1; got {view_probs.shape}")
-    return view_probs.mean(1)

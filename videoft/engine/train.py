@@ -104,53 +104,19 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
     optimizer.zero_grad(set_to_none=True)
     for batch in bar:
         failures += batch["failures"]
-        video, labels, valid = batch["video"], batch["label"], batch["valid"]
-        if not valid.all():  # undecodable eval-style items (already reported in `failures`)
-            video, labels = video[valid], labels[valid]
-        if opts.multi_view:  # [B, V, ...] -> [B * V, ...], one label per view
-            labels = labels.repeat_interleave(video.shape[1])
-            video = video.flatten(0, 1)
+        video, labels = _batch_inputs(batch, device, opts)
         if labels.numel() == 0:
             continue
-        video = video.to(device, non_blocking=True)  # [B, C, T, H, W] (or cached features [B, D])
-        labels = labels.to(device, non_blocking=True)
-        if opts.channels_last and video.dim() == 5:
-            video = video.contiguous(memory_format=torch.channels_last_3d)
         if micro == 0:
             set_lr_factor(optimizer, lr_at(step))
-        if opts.mixup_alpha > 0 or opts.cutmix_alpha > 0:
-            inputs, target = mix_batch(video, labels, num_classes, mixup_alpha=opts.mixup_alpha,
-                                       cutmix_alpha=opts.cutmix_alpha, label_smoothing=opts.label_smoothing)
-        else:
-            inputs, target = video, labels
         last_micro = micro + 1 == opts.accum_steps
-        # DDP: skip the gradient all-reduce on all but the last micro-batch of an accumulation
-        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with torch.autocast(device.type, dtype=opts.amp_dtype, enabled=opts.amp_dtype is not None):
-                logits = model(inputs)
-            loss = F.cross_entropy(logits.float(), target, weight=opts.class_weights,
-                                   label_smoothing=0.0 if target.dtype.is_floating_point else opts.label_smoothing)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"loss is {loss.item()} at step {step} ({epoch_desc}); "
-                                         "stopping with the last good checkpoint kept (lower the LR, "
-                                         "or check the data)")
-            scaled = loss / opts.accum_steps
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        loss, logits = _forward_backward(model, video, labels, opts, num_classes=num_classes, scaler=scaler,
+                                         sync_grads=last_micro, where=f"step {step} ({epoch_desc})")
         micro += 1
         n = labels.shape[0]
         totals += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64)
         if last_micro:
-            if opts.grad_clip:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            _optimizer_step(model, optimizer, opts, scaler)
             micro = 0
             step += 1
             steps_this_epoch += 1
@@ -166,6 +132,60 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
     totals = all_reduce_sum(totals)
     return EpochResult(loss=float(totals[0] / max(totals[2], 1)), accuracy=float(totals[1] / max(totals[2], 1)),
                        clips=int(totals[2]), seconds=seconds, step=step, failures=failures)
+
+
+def _batch_inputs(batch: dict, device: torch.device, opts: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's decodable clips and labels on `device` (views flattened for multi-view batches)."""
+    video, labels, valid = batch["video"], batch["label"], batch["valid"]
+    if not valid.all():  # undecodable eval-style items (already reported in `failures`)
+        video, labels = video[valid], labels[valid]
+    if opts.multi_view:  # [B, V, ...] -> [B * V, ...], one label per view
+        labels = labels.repeat_interleave(video.shape[1])
+        video = video.flatten(0, 1)
+    video = video.to(device, non_blocking=True)  # [B, C, T, H, W] (or cached features [B, D])
+    labels = labels.to(device, non_blocking=True)
+    if opts.channels_last and video.dim() == 5:
+        video = video.contiguous(memory_format=torch.channels_last_3d)
+    return video, labels
+
+
+def _forward_backward(model: torch.nn.Module, video: torch.Tensor, labels: torch.Tensor, opts: StepOptions, *,
+                      num_classes: int, scaler: torch.amp.GradScaler | None, sync_grads: bool,
+                      where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward under autocast, loss (MixUp/CutMix soft targets if configured), scaled backward."""
+    if opts.mixup_alpha > 0 or opts.cutmix_alpha > 0:
+        inputs, target = mix_batch(video, labels, num_classes, mixup_alpha=opts.mixup_alpha,
+                                   cutmix_alpha=opts.cutmix_alpha, label_smoothing=opts.label_smoothing)
+    else:
+        inputs, target = video, labels
+    # DDP: skip the gradient all-reduce on all but the last micro-batch of an accumulation
+    sync = contextlib.nullcontext() if sync_grads or not hasattr(model, "no_sync") else model.no_sync()
+    with sync:
+        with torch.autocast(video.device.type, dtype=opts.amp_dtype, enabled=opts.amp_dtype is not None):
+            logits = model(inputs)
+        loss = F.cross_entropy(logits.float(), target, weight=opts.class_weights,
+                               label_smoothing=0.0 if target.dtype.is_floating_point else opts.label_smoothing)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss is {loss.item()} at {where}; stopping with the last good "
+                                     "checkpoint kept (lower the LR, or check the data)")
+        scaled = loss / opts.accum_steps
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+    return loss, logits
+
+
+def _optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, opts: StepOptions,
+                    scaler: torch.amp.GradScaler | None) -> None:
+    """Clip (after unscaling), step, zero the gradients."""
+    if opts.grad_clip:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()

@@ -30,14 +30,13 @@ from pytorchvideo.models.hub import slowfast as _pv_slowfast
 from pytorchvideo.models.hub import vision_transformers as _pv_vit
 from pytorchvideo.models.hub import x3d as _pv_x3d
 
+from videoft.choices import ON_MISSING_WEIGHTS, weights_source_problem
 from videoft.models.weights import (
-    ON_MISSING, WeightsUnavailableError, hash_prefix_in_name, load_strict, read_checkpoint,
-    unwrap_state_dict, warn_random_init,
+    WeightsUnavailableError, hash_prefix_in_name, load_strict, read_checkpoint, unwrap_state_dict,
+    warn_random_init,
 )
 
 __all__ = ["BACKBONES", "BackboneSpec", "WeightsUnavailableError", "build_backbone", "get_backbone_spec"]
-
-PRETRAINED = ("kinetics400",)
 
 
 @dataclass(frozen=True)
@@ -166,12 +165,11 @@ def build_backbone(spec: BackboneSpec, *, clip_len: int | None = None, crop_size
     clip_len = spec.clip_len if clip_len is None else clip_len
     crop_size = spec.crop_size if crop_size is None else crop_size
     _check_geometry(spec, clip_len, crop_size)
-    if pretrained is not None and pretrained not in PRETRAINED:
-        raise ValueError(f"pretrained={pretrained!r}; allowed: None, {', '.join(map(repr, PRETRAINED))}")
-    if on_missing_weights not in ON_MISSING:
-        raise ValueError(f"on_missing_weights={on_missing_weights!r}; allowed: {ON_MISSING}")
-    if pretrained is not None and weights is not None:
-        raise ValueError(f"give pretrained={pretrained!r} or weights={weights!r}, not both")
+    problem = weights_source_problem(pretrained, weights)
+    if problem:
+        raise ValueError(problem)
+    if on_missing_weights not in ON_MISSING_WEIGHTS:
+        raise ValueError(f"on_missing_weights={on_missing_weights!r}; allowed: {ON_MISSING_WEIGHTS}")
 
     model = spec.builder()
     source, check_hash = weights, True

@@ -5,7 +5,6 @@ import torch
 import torch.nn as nn
 
 from videoft.models.backbones import build_backbone, get_backbone_spec
-from videoft.models.freezing import apply_frozen_modes
 
 
 class VideoClassifier(nn.Module):
@@ -28,8 +27,8 @@ class VideoClassifier(nn.Module):
         self.feature_dim = feature_dim
         self.num_classes = num_classes
         self.slowfast_alpha = slowfast_alpha
-        # Names (relative to this model) of BatchNorm modules kept in eval mode; set by freezing.py.
-        self.frozen_bn_modules: set[str] = set()
+        # names (relative to this model) of the BatchNorm modules kept in eval mode (set_frozen_bn)
+        self.frozen_bn_modules: frozenset[str] = frozenset()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B, num_classes]
         if x.ndim != 5:
@@ -41,11 +40,21 @@ class VideoClassifier(nn.Module):
             raise RuntimeError(f"backbone returned {tuple(features.shape)}, expected [B, {self.feature_dim}]")
         return self.head(features)
 
+    def set_frozen_bn(self, names: set[str] | frozenset[str]) -> None:
+        """Keep these BatchNorm modules in eval mode (running statistics fixed), whatever train() says;
+        every other BatchNorm follows the model's mode again."""
+        for name in names:
+            if not isinstance(self.get_submodule(name), nn.modules.batchnorm._BatchNorm):
+                raise ValueError(f"{name} is not a BatchNorm module")
+        self.frozen_bn_modules = frozenset(names)
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> VideoClassifier:
         """Like nn.Module.train, then put frozen BatchNorm back in eval mode (mmaction2's norm_eval)."""
         super().train(mode)
         if mode:
-            apply_frozen_modes(self)
+            for name in self.frozen_bn_modules:
+                self.get_submodule(name).eval()
         return self
 
 

@@ -1,9 +1,9 @@
 """Freeze backbone stages (frozen BatchNorm included), unfreeze them gradually, and build per-stage LR groups.
 
-Stage counting: `frozen = N` freezes the first N entries of `spec.stages`, the stem (stages[0])
-counting as one: 0 freezes nothing, 1 the stem, k the stem and the next k-1 stages, and
-len(spec.stages) (also written -1 or "all") the whole backbone, i.e. a linear probe. This differs
-from mmaction2's `frozen_stages`, where -1 freezes nothing and 0 freezes the stem only.
+Stage counting: `frozen_stages = N` freezes the first N entries of `spec.stages`, the stem
+(stages[0]) counting as one: 0 freezes nothing, 1 the stem, k the stem and the next k-1 stages,
+and len(spec.stages) (also written -1 or "all") the whole backbone, i.e. a linear probe. This
+differs from mmaction2's `frozen_stages`, where -1 freezes nothing and 0 freezes the stem only.
 The new head ("head") is always trainable.
 """
 from __future__ import annotations
@@ -13,8 +13,9 @@ import numbers
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from videoft.choices import BN_MODES
 
 if TYPE_CHECKING:
     from videoft.models.backbones import BackboneSpec
@@ -22,35 +23,39 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BN_MODES = ("frozen", "all", "train")
 # Never weight-decayed besides biases and norm weights (ndim <= 1): positional embeddings, class
 # tokens and relative-position tables (MViT, Swin), as in timm's no_weight_decay lists.
 NO_DECAY_NAME_PARTS = ("pos_embed", "cls_token", "class_token", "rel_pos", "relative_position_bias_table")
 
 
-def resolve_frozen(spec: BackboneSpec, num_stages: int | str) -> int:
+def resolve_frozen(spec: BackboneSpec, frozen_stages: int | str) -> int:
     """Number of frozen stages as an int in [0, len(spec.stages)] (-1 and "all" mean every stage)."""
     total = len(spec.stages)
-    if num_stages in (-1, "all"):
+    if frozen_stages in (-1, "all"):
         return total
-    if (isinstance(num_stages, bool) or not isinstance(num_stages, numbers.Integral)
-            or not 0 <= num_stages <= total):
-        raise ValueError(f"frozen stages={num_stages!r} for {spec.name}; allowed: 0..{total}, -1 or 'all' "
+    if (isinstance(frozen_stages, bool) or not isinstance(frozen_stages, numbers.Integral)
+            or not 0 <= frozen_stages <= total):
+        raise ValueError(f"frozen stages={frozen_stages!r} for {spec.name}; allowed: 0..{total}, -1 or 'all' "
                          f"(stages: {', '.join(spec.stages)})")
-    return int(num_stages)
+    return int(frozen_stages)
 
 
-def freeze_stages(model: VideoClassifier, spec: BackboneSpec, num_stages: int | str,
-                  bn: str = "frozen") -> None:
-    """Make exactly the first `num_stages` stages frozen (requires_grad=False), every other stage and the head trainable.
+def freeze_stages(model: VideoClassifier, spec: BackboneSpec, frozen_stages: int | str,
+                  bn: str = "frozen") -> list[str]:
+    """Make exactly the first `frozen_stages` stages frozen (requires_grad=False), every other stage and
+    the head trainable; returns the trainable stage names ("backbone.<stage>", ..., "head").
 
     bn: "frozen" keeps the BatchNorm of frozen stages in eval mode (running stats fixed), "all" keeps
     every backbone BatchNorm in eval mode (mmaction2 norm_eval), "train" leaves BatchNorm alone (the
     running stats of frozen stages then still move). The eval mode survives `model.train()`.
+    Called again with another count it re-applies everything (gradual unfreezing). Under DDP,
+    re-wrap the model after a change: DDP only all-reduces the parameters that required grad when
+    it was constructed, so newly unfrozen ones would silently diverge across ranks.
     """
     if bn not in BN_MODES:
         raise ValueError(f"bn={bn!r}; allowed: {BN_MODES}")
-    frozen = set(spec.stages[: resolve_frozen(spec, num_stages)])
+    n = resolve_frozen(spec, frozen_stages)
+    frozen = set(spec.stages[:n])
     for stage in spec.stages:
         for p in model.backbone.get_submodule(stage).parameters():
             p.requires_grad_(stage not in frozen)
@@ -65,67 +70,51 @@ def freeze_stages(model: VideoClassifier, spec: BackboneSpec, num_stages: int | 
         scopes = [(f"backbone.{s}", model.backbone.get_submodule(s)) for s in spec.stages if s in frozen]
     else:
         scopes = []
-    model.frozen_bn_modules = {f"{prefix}.{name}" if name else prefix
-                               for prefix, scope in scopes
-                               for name, m in scope.named_modules() if isinstance(m, _BatchNorm)}
-    if model.training:
-        model.train()  # re-applies the modes: BN unfrozen just now returns to train mode
-
-
-def apply_frozen_modes(model: nn.Module) -> None:
-    """Put the BatchNorm modules named in `model.frozen_bn_modules` in eval mode (called by train())."""
-    for name in getattr(model, "frozen_bn_modules", ()):
-        model.get_submodule(name).eval()
-
-
-def set_trainable_stages(model: VideoClassifier, spec: BackboneSpec, frozen: int | str,
-                         bn: str = "frozen") -> list[str]:
-    """Apply a schedule's frozen-stage count; returns the trainable stage names ("backbone.<stage>", "head").
-
-    Under DDP, re-wrap the model after a change: DDP only all-reduces the parameters that required
-    grad when it was constructed, so newly unfrozen ones would silently diverge across ranks.
-    """
-    n = resolve_frozen(spec, frozen)
-    freeze_stages(model, spec, n, bn=bn)
+    model.set_frozen_bn({f"{prefix}.{name}" if name else prefix
+                         for prefix, scope in scopes
+                         for name, m in scope.named_modules() if isinstance(m, _BatchNorm)})
     trainable = [f"backbone.{s}" for s in spec.stages[n:]] + ["head"]
-    log.info("frozen stages: %d/%d; trainable: %s", n, len(spec.stages), ", ".join(trainable))
+    log.debug("frozen stages: %d/%d; trainable: %s", n, len(spec.stages), ", ".join(trainable))
     return trainable
 
 
 class UnfreezeSchedule:
     """Top-down gradual unfreezing: head only for `head_only_epochs`, then one more stage every `every` epochs.
 
-    frozen_stages_at(epoch) (0-based epochs) goes num_stages, ..., num_stages - 1 at head_only_epochs,
+    frozen_stages_at(epoch) (0-based epochs) goes total_stages, ..., total_stages - 1 at head_only_epochs,
     one fewer every `every` epochs after that, never below `min_frozen`.
     """
 
-    def __init__(self, head_only_epochs: int, every: int, num_stages: int, min_frozen: int = 0) -> None:
+    def __init__(self, head_only_epochs: int, every: int, total_stages: int, min_frozen: int = 0) -> None:
         self.head_only_epochs, self.every = head_only_epochs, every
-        self.num_stages, self.min_frozen = num_stages, min_frozen
+        self.total_stages, self.min_frozen = total_stages, min_frozen
         self._validate()
 
     def _validate(self) -> None:
-        if self.head_only_epochs < 0 or self.every < 1 or self.num_stages < 0:
+        if self.head_only_epochs < 0 or self.every < 1 or self.total_stages < 0:
             raise ValueError(f"UnfreezeSchedule(head_only_epochs={self.head_only_epochs}, every={self.every}, "
-                             f"num_stages={self.num_stages}): need head_only_epochs >= 0, every >= 1, "
-                             f"num_stages >= 0")
-        if not 0 <= self.min_frozen <= self.num_stages:
-            raise ValueError(f"min_frozen={self.min_frozen}; allowed: 0..{self.num_stages}")
+                             f"total_stages={self.total_stages}): need head_only_epochs >= 0, every >= 1, "
+                             f"total_stages >= 0")
+        if not 0 <= self.min_frozen <= self.total_stages:
+            raise ValueError(f"min_frozen={self.min_frozen}; allowed: 0..{self.total_stages}")
 
     def frozen_stages_at(self, epoch: int) -> int:
         """Number of frozen stages during `epoch` (pure)."""
         if epoch < 0:
             raise ValueError(f"epoch={epoch}; must be >= 0")
         if epoch < self.head_only_epochs:
-            return self.num_stages
+            return self.total_stages
         unfrozen = 1 + (epoch - self.head_only_epochs) // self.every
-        return max(self.min_frozen, self.num_stages - unfrozen)
+        return max(self.min_frozen, self.total_stages - unfrozen)
 
     def state_dict(self) -> dict[str, int]:
         return {"head_only_epochs": self.head_only_epochs, "every": self.every,
-                "num_stages": self.num_stages, "min_frozen": self.min_frozen}
+                "total_stages": self.total_stages, "min_frozen": self.min_frozen}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        state = dict(state)
+        if "num_stages" in state:  # checkpoints written before the rename
+            state["total_stages"] = state.pop("num_stages")
         if set(state) != set(self.state_dict()):
             raise ValueError(f"UnfreezeSchedule state keys {sorted(state)}; expected {sorted(self.state_dict())}")
         for key, value in state.items():
@@ -139,9 +128,9 @@ def param_groups(model: VideoClassifier, spec: BackboneSpec, *, head_lr: float, 
 
     - No weight decay on biases, norm weights (ndim <= 1) and NO_DECAY_NAME_PARTS parameters.
     - Layer-wise decay: the last stage gets backbone_lr, each earlier stage layer_decay times the next.
-    - Each group stores "lr_scale" (its layer-decay multiplier), "base_lr" and "initial_lr" (its
-      peak lr): schedule with `videoft.engine.train.set_lr_factor`, which sets lr = base_lr * factor, not with
-      schedulers that write one lr into every group.
+    - Each group stores "base_lr" (its peak lr, layer decay included): schedule with
+      `videoft.engine.train.set_lr_factor`, which sets lr = base_lr * factor, not with schedulers
+      that write one lr into every group.
     - include_frozen=True (for gradual unfreezing) also places frozen parameters in their groups, so
       the groups never change and an optimizer state_dict resumes cleanly. A frozen parameter gets
       no .grad, and SGD/AdamW skip parameters whose .grad is None (no update, no weight decay, no
@@ -168,8 +157,7 @@ def param_groups(model: VideoClassifier, spec: BackboneSpec, *, head_lr: float, 
         for kind, params in buckets.items():
             if params:
                 groups.append({"params": params, "name": f"{unit}/{kind}", "lr": lr * scale,
-                               "initial_lr": lr * scale, "base_lr": lr * scale, "lr_scale": scale,
-                               "weight_decay": weight_decay if kind == "decay" else 0.0})
+                               "base_lr": lr * scale, "weight_decay": weight_decay if kind == "decay" else 0.0})
     outside = [name for name, p in model.named_parameters() if id(p) not in seen]
     if outside:
         raise ValueError(f"parameters outside the stages of {spec.name} and the head: {outside[:8]}")

@@ -17,7 +17,6 @@ import torch.nn as nn
 log = logging.getLogger(__name__)
 
 WEIGHTS_FORMATS = ("pytorchvideo", "torchvision")
-ON_MISSING = ("error", "random")
 _URL_SCHEMES = ("http", "https", "ftp", "file")
 _MAX_KEYS_SHOWN = 8
 _warned: set[str] = set()  # sources already warned about, so the fallback warning appears once per process

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from videoft.data.sampling import (
+from videoft.data.clip_indices import (
     clip_indices,
     clip_span,
     eval_clip_indices,

@@ -1,0 +1,71 @@
+"""DataLoaders for training and evaluation: one place that sets samplers, workers and batching.
+
+Training, validation inside a run, `tools/evaluate.py` and the linear-probe feature cache all
+build their loaders here, so every path decodes, samples and shards videos the same way.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from videoft.data.dataset import VideoClipDataset, VideoSample, collate
+from videoft.data.samplers import ShardSampler, TrainSampler
+from videoft.data.transforms import Preprocessing
+
+
+def loader_options(num_workers: int, device: torch.device) -> dict[str, Any]:
+    """DataLoader keyword arguments shared by every loader.
+
+    Each loader has its own generator (seeded per epoch where it matters) so that iterating it
+    never draws from the global torch RNG. On CUDA, workers are spawned: forking a process that
+    already holds a CUDA context is unsafe.
+    """
+    return {"num_workers": num_workers, "collate_fn": collate, "pin_memory": device.type == "cuda",
+            "multiprocessing_context": "spawn" if num_workers and device.type == "cuda" else None,
+            "generator": torch.Generator()}
+
+
+def build_train_loader(samples: Sequence[VideoSample], pre: Preprocessing, *, batch_size: int,
+                       num_workers: int, seed: int, rank: int = 0, world_size: int = 1,
+                       device: torch.device = torch.device("cpu"), backend: str = "auto",
+                       hflip: bool = True, scale_jitter: tuple[float, float] = (1.0, 1.25),
+                       balanced: bool = False, fixed_views: tuple[int, int] | None = None) -> DataLoader:
+    """One random clip per video and epoch (epoch-seeded TrainSampler, sharded over ranks).
+
+    batch_size: per rank. fixed_views=(clips, crops): the deterministic evaluation views
+    instead (linear probe: a frozen backbone's output for them never changes).
+    """
+    common = {"clip_len": pre.clip_len, "stride": pre.frame_stride, "short_side": pre.short_side,
+              "backend": backend, "seed": seed}
+    if fixed_views is not None:
+        clips, crops = fixed_views
+        dataset = VideoClipDataset(samples, train=False, transform=pre.eval_transform(crops), num_clips=clips,
+                                   **common)
+    else:
+        dataset = VideoClipDataset(samples, train=True, transform=pre.train_transform(
+            hflip=hflip, scale_jitter=scale_jitter), **common)
+    sampler = TrainSampler([s.label for s in samples], seed=seed, balanced=balanced, rank=rank,
+                           world_size=world_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_options(num_workers, device))
+
+
+def build_eval_loader(samples: Sequence[VideoSample] | VideoClipDataset, pre: Preprocessing | None = None, *,
+                      num_clips: int = 1, num_crops: int = 1, batch_size: int, num_workers: int,
+                      rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
+                      backend: str = "auto", seed: int = 0) -> DataLoader:
+    """Every view of every video, each video on exactly one rank (ShardSampler, no padding).
+
+    `samples` may be an existing evaluation-mode dataset (the linear probe reshards its training
+    views this way); `pre` and the view counts are then taken from it.
+    """
+    if isinstance(samples, VideoClipDataset):
+        dataset = samples
+    else:
+        assert pre is not None, "build_eval_loader needs the preprocessing to build a dataset"
+        dataset = VideoClipDataset(samples, clip_len=pre.clip_len, stride=pre.frame_stride, train=False,
+                                   transform=pre.eval_transform(num_crops), short_side=pre.short_side,
+                                   num_clips=num_clips, backend=backend, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
+                      **loader_options(num_workers, device))

@@ -1,0 +1,469 @@
+"""The fine-tuning recipe: setup -> fit -> cleanup. The one place that sees config, data, model and engine.
+
+    recipe = FineTuneRecipe(cfg, dist_info, out_dir)
+    recipe.setup()      # data, model, optimizer, loaders, LR schedule, resume, DDP wrap (in this order)
+    summary = recipe.fit()
+
+`run(cfg)` does all of it (with the process group and logging) for tools/train.py. Each setup step
+is a method that can be called and tested on its own; what the run has done so far lives in one
+`RunState`, which every checkpoint saves and `maybe_resume` restores.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from videoft.checkpoint import RunCheckpoint, TrainingState, read_run_checkpoint
+from videoft.config import Config, OptimConfig, dump_config, to_dict
+from videoft.data.dataset import load_splits, split_summary
+from videoft.data.loaders import build_eval_loader, build_train_loader
+from videoft.data.transforms import Preprocessing
+from videoft.engine.checkpoint import rng_state, set_rng_state
+from videoft.engine.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed, sync_bn_stats
+from videoft.engine.evaluate import predict, summarize
+from videoft.engine.features import cache_features
+from videoft.engine.logger import RunLogger
+from videoft.engine.train import (EpochResult, NonFiniteLossError, StepOptions, lr_factor_at, recompute_bn_stats,
+                                 train_one_epoch)
+from videoft.models.backbones import BackboneSpec, get_backbone_spec
+from videoft.models.classifier import VideoClassifier, build_classifier
+from videoft.models.freezing import UnfreezeSchedule, freeze_stages, param_groups
+
+log = logging.getLogger("videoft")
+
+# what must match for a resume (a change here means a different run, not a continuation)
+RESUME_KEYS = ("model.backbone", "data.clip_len", "data.frame_stride", "data.crop_size")
+
+
+def resolve_preprocessing(cfg: Config, spec: BackboneSpec) -> Preprocessing:
+    """The backbone's clip geometry and normalisation, overridden key by key by the config's data section."""
+    d = cfg.data
+    crop = d.crop_size or spec.crop_size
+    # keep the backbone's short-side/crop ratio when only the crop is changed
+    short = d.short_side or (spec.short_side if not d.crop_size else int(round(crop * spec.short_side / spec.crop_size)))
+    return Preprocessing(d.clip_len or spec.clip_len, d.frame_stride or spec.frame_stride, crop, short,
+                         tuple(spec.mean), tuple(spec.std))
+
+
+def setup_logging(dist: DistInfo, out_dir: Path | None) -> None:
+    level = logging.INFO if dist.is_main else logging.WARNING
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if out_dir is not None and dist.is_main:
+        handlers.append(logging.FileHandler(out_dir / "train.log"))
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        handlers=handlers, force=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def amp_dtype_for(mode: str, device: torch.device) -> torch.dtype | None:
+    """auto: bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on CPU."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "auto" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def build_optimizer(model: VideoClassifier, spec: BackboneSpec, o: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov when momentum > 0) or AdamW over per-stage groups (head LR, layer decay, no decay on norms)."""
+    groups = param_groups(model, spec, head_lr=o.lr, backbone_lr=o.backbone_lr if o.backbone_lr is not None else o.lr,
+                          layer_decay=o.layer_decay, weight_decay=o.weight_decay)
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
+
+
+def check_resume_compatible(ckpt: RunCheckpoint, cfg: Config, classes: list[str], path: Path) -> None:
+    """Refuse to resume a checkpoint whose classes or model differ from this config."""
+    problems = []
+    if ckpt.classes != list(classes):
+        problems.append(f"classes differ: checkpoint {ckpt.classes} vs data {list(classes)}")
+    old, now = to_dict(ckpt.config), to_dict(cfg)
+    for key in RESUME_KEYS:
+        section, name = key.split(".")
+        if old[section][name] != now[section][name]:
+            problems.append(f"{key}: checkpoint has {old[section][name]!r}, config has {now[section][name]!r}")
+    if problems:
+        raise ValueError(f"cannot resume from {path}: " + "; ".join(problems)
+                         + ". Start a new run (another out_dir), or use model.init_from to fine-tune from it.")
+
+
+def init_from_checkpoint(model: VideoClassifier, path: str, classes: list[str]) -> None:
+    """Start from another videoft run's weights; keep its head only if the classes are the same."""
+    ckpt = read_run_checkpoint(path)
+    weights = ckpt.model
+    if ckpt.classes != list(classes):
+        weights = {k: v for k, v in weights.items() if not k.startswith("head.")}
+        log.info("init_from %s: backbone weights loaded, head re-made for %d classes", path, len(classes))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    bad = [k for k in missing if not k.startswith("head.")] + list(unexpected)
+    if bad:
+        raise ValueError(f"init_from {path}: weights do not match backbone {ckpt.backbone}: {bad[:8]}")
+
+
+@dataclass
+class RunState:
+    """Where the run stands: saved in every checkpoint, restored by a resume."""
+
+    epoch: int = 0                 # epochs completed (while an epoch runs: the one in progress)
+    epoch_step: int = 0            # optimizer steps done inside the epoch in progress
+    step: int = 0                  # global optimizer step (the LR schedule's position)
+    best: dict = field(default_factory=dict)  # {"metric", "value", "epoch"}
+    history: list[dict] = field(default_factory=list)  # one row per finished epoch
+    frozen_stages: int = 0         # what gradual unfreezing has reached
+    patience_left: int = 0         # early stopping
+    stopped_early: bool = False
+    failures: dict[str, str] = field(default_factory=dict)  # undecodable videos seen: path -> reason
+
+
+class FineTuneRecipe:
+    """Fine-tune a zoo backbone on a video folder as `cfg` says (see the module docstring)."""
+
+    def __init__(self, cfg: Config, dist: DistInfo, out_dir: Path):
+        self.cfg, self.dist, self.out_dir = cfg, dist, Path(out_dir)
+        self.state = RunState(best={"metric": cfg.train.best_metric, "value": -math.inf, "epoch": -1},
+                              patience_left=cfg.train.early_stop_patience)
+        self.schedule: UnfreezeSchedule | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+
+    # ---- setup ------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Every step in order; the order is part of the recipe (the RNG is drawn in this order)."""
+        self.setup_runtime()
+        self.setup_data()
+        self.setup_model()
+        self.setup_optimizer()
+        self.setup_loaders()
+        self.setup_lr_schedule()
+        self.maybe_resume()
+        self.wrap_model()
+
+    def setup_runtime(self) -> None:
+        """Threads, seeds, determinism."""
+        if self.cfg.train.threads:
+            torch.set_num_threads(self.cfg.train.threads)
+        seed_everything(self.cfg.seed)
+        if self.cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def setup_data(self) -> None:
+        """Backbone spec, preprocessing, splits and classes; rank 0 writes config/classes/splits."""
+        cfg, dist = self.cfg, self.dist
+        self.spec = get_backbone_spec(cfg.model.backbone)
+        self.pre = resolve_preprocessing(cfg, self.spec)
+        self.splits, self.classes = load_splits(cfg.data.root, val_fraction=cfg.data.val_fraction,
+                                                test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed)
+        if not self.splits.get("train"):
+            raise ValueError(f"data.root {cfg.data.root}: no training videos found")
+        if cfg.data.batch_size % dist.world_size:
+            raise ValueError(f"data.batch_size {cfg.data.batch_size} (the global batch) must be divisible by "
+                             f"the number of processes {dist.world_size}")
+        log.info("data %s: %d classes\n%s", cfg.data.root, len(self.classes),
+                 split_summary(self.splits, self.classes))
+        log.info("backbone %s, clip %d frames x stride %d, crop %d (short side %d), %d process(es) on %s",
+                 self.spec.name, self.pre.clip_len, self.pre.frame_stride, self.pre.crop_size, self.pre.short_side,
+                 dist.world_size, dist.device)
+        if dist.is_main:
+            dump_config(cfg, self.out_dir / "config.yaml")
+            (self.out_dir / "classes.txt").write_text("\n".join(self.classes) + "\n")
+            (self.out_dir / "splits.json").write_text(json.dumps(
+                {k: [s.path for s in v] for k, v in self.splits.items()}, indent=1))
+
+    def setup_model(self) -> None:
+        """Build the classifier (weights, init_from), freeze as configured, move it to the device."""
+        cfg, spec = self.cfg, self.spec
+        model = build_classifier(spec.name, len(self.classes), clip_len=self.pre.clip_len,
+                                 crop_size=self.pre.crop_size, pretrained=cfg.model.pretrained,
+                                 weights=cfg.model.weights, on_missing_weights=cfg.model.on_missing_weights,
+                                 dropout=cfg.model.dropout, model_dir=cfg.model.model_dir)
+        if cfg.model.init_from:
+            init_from_checkpoint(model, cfg.model.init_from, self.classes)
+        total = len(spec.stages)
+        frozen = total if cfg.freeze.stages < 0 or cfg.train.linear_probe else min(cfg.freeze.stages, total)
+        u = cfg.freeze.unfreeze
+        if u.every > 0:
+            self.schedule = UnfreezeSchedule(head_only_epochs=u.head_only_epochs, every=u.every,
+                                             total_stages=total, min_frozen=max(u.min_frozen, frozen))
+            frozen = self.schedule.frozen_stages_at(0)
+        freeze_stages(model, spec, frozen, bn=cfg.freeze.bn)
+        self.state.frozen_stages = frozen
+        model.to(self.dist.device)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+        self.raw_model: VideoClassifier = model  # never DDP-wrapped: saved, evaluated and (un)frozen
+
+    def setup_optimizer(self) -> None:
+        """Optimizer over per-stage groups; autocast dtype and (fp16 only) a gradient scaler."""
+        self.optimizer = build_optimizer(self.raw_model, self.spec, self.cfg.optim)
+        self.amp_dtype = amp_dtype_for(self.cfg.train.amp, self.dist.device)
+        if self.amp_dtype == torch.float16:
+            self.scaler = torch.amp.GradScaler(self.dist.device.type)
+
+    def setup_loaders(self) -> None:
+        """Training loader (linear probe: cached backbone features) and the validation loader."""
+        cfg, dist, d = self.cfg, self.dist, self.cfg.data
+        per_rank_batch = d.batch_size // dist.world_size
+        probe_views = (d.eval_clips, d.eval_crops) if cfg.train.linear_probe else None
+        self.train_loader = build_train_loader(
+            self.splits["train"], self.pre, batch_size=per_rank_batch, num_workers=d.num_workers, seed=cfg.seed,
+            rank=dist.rank, world_size=dist.world_size, device=dist.device, backend=d.decoder, hflip=d.hflip,
+            scale_jitter=d.scale_jitter, balanced=d.balanced_sampler, fixed_views=probe_views)
+        self.val_loader = None
+        if self.splits.get("val"):
+            self.val_loader = build_eval_loader(
+                self.splits["val"], self.pre, num_clips=d.eval_clips, num_crops=d.eval_crops,
+                batch_size=max(1, per_rank_batch // 2), num_workers=d.num_workers, rank=dist.rank,
+                world_size=dist.world_size, device=dist.device, backend=d.decoder, seed=cfg.seed)
+        if cfg.train.linear_probe and cfg.train.cache_features:
+            self.train_loader, failures = cache_features(self.raw_model.backbone, self.train_loader, dist,
+                                                         self.amp_dtype)
+            self.state.failures.update(failures)
+
+    def setup_lr_schedule(self) -> None:
+        """Steps per epoch, warm-up + cosine length, and the per-step options (loss, AMP, accumulation)."""
+        cfg, o = self.cfg, self.cfg.optim
+        steps_per_epoch = math.ceil(len(self.train_loader) / o.accum_steps)
+        if cfg.train.max_steps_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+        self.total_steps = steps_per_epoch * cfg.train.epochs
+        self.warmup_steps = int(round(o.warmup_epochs * steps_per_epoch))
+        class_weights = None
+        if o.class_weighted_loss:
+            labels = torch.tensor([s.label for s in self.splits["train"]])
+            counts = torch.bincount(labels, minlength=len(self.classes)).float()
+            class_weights = (counts.sum() / (len(self.classes) * counts.clamp(min=1))).to(self.dist.device)
+        self.step_options = StepOptions(
+            accum_steps=o.accum_steps, grad_clip=o.grad_clip, amp_dtype=self.amp_dtype,
+            label_smoothing=o.label_smoothing, class_weights=class_weights, mixup_alpha=o.mixup_alpha,
+            cutmix_alpha=o.cutmix_alpha, channels_last=cfg.train.channels_last,
+            max_steps=cfg.train.max_steps_per_epoch, multi_view=cfg.train.linear_probe)
+
+    def lr_at(self, step: int) -> float:
+        """The LR factor at a global optimizer step (warm-up, then cosine)."""
+        return lr_factor_at(step, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                            min_ratio=self.cfg.optim.min_lr_ratio)
+
+    def resume_path(self) -> Path | None:
+        resume = self.cfg.resume
+        return self.out_dir / "last.pt" if resume == "auto" else (Path(resume) if resume else None)
+
+    def maybe_resume(self) -> bool:
+        """Continue from the resume checkpoint if there is one: weights, optimizer, schedule, RNG, progress."""
+        path = self.resume_path()
+        if path is None or not path.is_file():
+            if self.cfg.resume not in (None, "auto"):
+                raise FileNotFoundError(f"resume: {self.cfg.resume} does not exist")
+            return False
+        ckpt = read_run_checkpoint(path)
+        check_resume_compatible(ckpt, self.cfg, self.classes, path)
+        if ckpt.training is None:
+            raise ValueError(f"cannot resume from {path}: it holds weights only, no training state")
+        t = ckpt.training
+        if self.schedule is not None and t.unfreeze:
+            self.schedule.load_state_dict(t.unfreeze)
+            self.state.frozen_stages = self.schedule.frozen_stages_at(t.epoch)
+            freeze_stages(self.raw_model, self.spec, self.state.frozen_stages, bn=self.cfg.freeze.bn)
+        self.raw_model.load_state_dict(ckpt.model)
+        configured = [(g["base_lr"], g["weight_decay"]) for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(t.optimizer)
+        # the config is the source of truth for LRs and weight decay (load_state_dict restores the old ones)
+        for group, (base_lr, wd) in zip(self.optimizer.param_groups, configured):
+            group["base_lr"], group["weight_decay"] = base_lr, wd
+        if self.scaler is not None and t.scaler:
+            self.scaler.load_state_dict(t.scaler)
+        self.state.epoch, self.state.step, self.state.epoch_step = t.epoch, t.step, t.epoch_step
+        self.state.best, self.state.history = t.best, t.history
+        set_rng_state(t.rng)
+        log.info("resumed from %s: epoch %d (+%d steps), global step %d", path, t.epoch, t.epoch_step, t.step)
+        return True
+
+    def wrap_model(self) -> None:
+        """SyncBatchNorm if asked; DDP around what trains (only the head on cached features)."""
+        if self.dist.distributed and self.cfg.train.sync_bn:
+            self.raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model)  # same Parameters
+        # linear probe on cached features: the loader yields backbone features, so only the head trains
+        self.trained = self.raw_model.head if self.cfg.train.linear_probe and self.cfg.train.cache_features \
+            else self.raw_model
+        self.model = self._ddp(self.trained)
+
+    def _ddp(self, module: torch.nn.Module) -> torch.nn.Module:
+        """DDP registers the parameters that require grad when it wraps: re-wrap after unfreezing."""
+        if not self.dist.distributed:
+            return module
+        return torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None)
+
+    # ---- training ---------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train the remaining epochs (validate, checkpoint, stop early); returns the summary."""
+        cfg, state = self.cfg, self.state
+        logger = RunLogger(self.out_dir, self.classes, enabled=self.dist.is_main)
+        try:
+            for epoch in range(state.epoch, cfg.train.epochs):
+                self.maybe_unfreeze(epoch)
+                row = self.train_epoch(epoch)
+                improved = False
+                if self.val_loader is not None and self.should_validate(epoch):
+                    metrics = self.validate(epoch)
+                    row.update({f"val_{k}": metrics[k] for k in ("top1", "mean_class_accuracy", "video_top1",
+                                                                 "video_mean_class_accuracy")})
+                    improved = self.record_best(metrics[cfg.train.best_metric], epoch)
+                    logger.confusion(metrics, state.step)
+                state.history.append(row)
+                logger.epoch(row)
+                state.epoch, state.epoch_step = epoch + 1, 0
+                self.save("last.pt")
+                if improved:
+                    self.save("best.pt")
+                if self.should_stop_early(epoch):
+                    break
+        except NonFiniteLossError as err:
+            log.error("%s", err)
+            raise
+        finally:
+            logger.close(state.history)
+        return self.finish()
+
+    def maybe_unfreeze(self, epoch: int) -> None:
+        """Apply the gradual-unfreezing schedule at the start of `epoch` (DDP re-wrapped on a change)."""
+        if self.schedule is None or self.schedule.frozen_stages_at(epoch) == self.state.frozen_stages:
+            return
+        self.state.frozen_stages = self.schedule.frozen_stages_at(epoch)
+        freeze_stages(self.raw_model, self.spec, self.state.frozen_stages, bn=self.cfg.freeze.bn)
+        self.model = self._ddp(self.raw_model)
+        log.info("epoch %d: unfreezing, %d of %d stages now frozen", epoch + 1, self.state.frozen_stages,
+                 len(self.spec.stages))
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One epoch (continuing mid-epoch after a resume); returns its history row."""
+        cfg, state, loader = self.cfg, self.state, self.train_loader
+        loader.sampler.set_epoch(epoch, start=state.epoch_step * cfg.optim.accum_steps * loader.batch_size)
+        loader.dataset.set_epoch(epoch)
+        loader.generator.manual_seed(cfg.seed * 7919 + epoch)
+        epoch_start_step = state.step - state.epoch_step
+
+        def on_step(step: int) -> None:
+            state.step, state.epoch_step = step, step - epoch_start_step
+            every = cfg.train.checkpoint_every_steps
+            if every and step % every == 0:
+                self.save("last.pt")
+
+        opts = self.step_options
+        remaining = None if opts.max_steps is None else max(0, opts.max_steps - state.epoch_step)
+        result = train_one_epoch(self.model, loader, self.optimizer, device=self.dist.device,
+                                 opts=StepOptions(**{**opts.__dict__, "max_steps": remaining}),
+                                 num_classes=len(self.classes), step=state.step, lr_at=self.lr_at,
+                                 scaler=self.scaler, show_progress=self.dist.is_main,
+                                 epoch_desc=f"epoch {epoch + 1}/{cfg.train.epochs}", on_step=on_step)
+        state.step, state.epoch_step = result.step, 0
+        self.record_failures(result)
+        return {"epoch": epoch + 1, "step": state.step, "train_loss": result.loss, "train_acc": result.accuracy,
+                "lr": self.optimizer.param_groups[-1]["lr"],
+                "clips_per_s": result.clips_per_second * self.dist.world_size}
+
+    def record_failures(self, result: EpochResult) -> None:
+        for path, reason in result.failures:
+            if path not in self.state.failures:
+                log.warning("skipped undecodable video %s: %s", path, reason)
+            self.state.failures[path] = reason
+
+    def should_validate(self, epoch: int) -> bool:
+        return (epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == self.cfg.train.epochs
+
+    def validate(self, epoch: int) -> dict:
+        """Precise BN (if configured), then clip- and video-level metrics on the validation split."""
+        cfg, dist = self.cfg, self.dist
+        if cfg.train.precise_bn_batches and not cfg.train.linear_probe:
+            self.train_loader.sampler.set_epoch(epoch)  # the epoch's first batches, also after a mid-epoch resume
+            recompute_bn_stats(self.raw_model, self.train_loader, num_batches=cfg.train.precise_bn_batches,
+                               device=dist.device, amp_dtype=self.amp_dtype, channels_last=cfg.train.channels_last)
+            sync_bn_stats(self.raw_model)  # every rank saw its own shard: average so the ranks stay identical
+        pred = predict(self.raw_model, self.val_loader, device=dist.device, num_clips=cfg.data.eval_clips,
+                       num_crops=cfg.data.eval_crops, amp_dtype=self.amp_dtype,
+                       channels_last=cfg.train.channels_last, show_progress=dist.is_main, desc="validate")
+        for path, reason in pred.failures:
+            self.state.failures[path] = reason
+        return summarize(pred, self.classes)
+
+    def record_best(self, value: float, epoch: int) -> bool:
+        """Track the best validation value and early-stopping patience; True when `value` is a new best."""
+        state = self.state
+        if value > state.best["value"]:
+            state.best = {"metric": self.cfg.train.best_metric, "value": value, "epoch": epoch + 1}
+            state.patience_left = self.cfg.train.early_stop_patience
+            return True
+        state.patience_left -= 1
+        return False
+
+    def should_stop_early(self, epoch: int) -> bool:
+        cfg, state = self.cfg, self.state
+        if not cfg.train.early_stop_patience or state.patience_left > 0 or epoch + 1 >= cfg.train.epochs:
+            return False
+        log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
+                 cfg.train.best_metric, cfg.train.early_stop_patience, state.best["value"], state.best["epoch"])
+        state.stopped_early = True
+        return True
+
+    def checkpoint(self) -> RunCheckpoint:
+        """The run as it stands: weights, what inference needs, and the training state."""
+        s = self.state
+        training = TrainingState(epoch=s.epoch, epoch_step=s.epoch_step, step=s.step,
+                                 optimizer=self.optimizer.state_dict(),
+                                 scaler=self.scaler.state_dict() if self.scaler is not None else {},
+                                 rng=rng_state(), unfreeze=self.schedule.state_dict() if self.schedule else {},
+                                 best=s.best, history=s.history)
+        return RunCheckpoint(model=self.raw_model.state_dict(), classes=list(self.classes),
+                             backbone=self.cfg.model.backbone, preprocessing=self.pre, config=self.cfg,
+                             training=training)
+
+    def save(self, name: str) -> None:
+        """Rank 0 writes out_dir/name atomically."""
+        if self.dist.is_main:
+            self.checkpoint().save(self.out_dir / name)
+
+    def finish(self) -> dict:
+        """List skipped videos, write summary.json; returns the summary."""
+        out, state = self.out_dir, self.state
+        if state.failures and self.dist.is_main:
+            (out / "skipped_videos.json").write_text(json.dumps(state.failures, indent=1))
+            log.warning("%d undecodable video(s) were skipped; list in %s", len(state.failures),
+                        out / "skipped_videos.json")
+        summary = {"out_dir": str(out), "last": str(out / "last.pt"),
+                   "best": str(out / "best.pt") if (out / "best.pt").exists() else None,
+                   "best_metric": state.best, "epochs_run": len(state.history), "stopped_early": state.stopped_early,
+                   "skipped_videos": len(state.failures), "history": state.history}
+        if self.dist.is_main:
+            (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        barrier()
+        return summary
+
+
+def run(cfg: Config) -> dict:
+    """Train and validate as configured; returns the final summary (best metric, paths)."""
+    dist = setup_distributed()
+    out_dir = Path(cfg.out_dir)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    setup_logging(dist, out_dir)
+    try:
+        recipe = FineTuneRecipe(cfg, dist, out_dir)
+        recipe.setup()
+        return recipe.fit()
+    finally:
+        cleanup_distributed()
