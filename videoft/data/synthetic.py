@@ -26,6 +26,8 @@ demo's CPU budget (about five minutes on two cores): brighter balls on darker
 backgrounds, faster motion, pure vertical / horizontal / diagonal motion, spin
 on the ground. Version 3 (hover-spins, parabolic throws, drifting bounces,
 slower crossings) was not learned by X3D-XS, R3D-18 or S3D within that budget.
+Version 5 draws the same frames but encodes them with x264's C code (``asm=0``):
+with its assembly, the same frames gave different files from run to run.
 
 Frames are drawn with numpy only and encoded to H.264 mp4 with PyAV. All random
 draws of one video come from one ``numpy.random.default_rng`` seeded with
@@ -103,6 +105,10 @@ def write_video(
             # One encoder thread: these frames are tiny, so x264's thread start-up
             # costs more than it saves; parallelism comes from encoding many files.
             "threads": "1",
+            # x264's assembly gave different bytes (and pixels) for the same frames depending
+            # on where the input buffers happened to lie in memory (about 1 file in 15 changed
+            # between two runs); its C code is deterministic and fast enough at these sizes.
+            "x264-params": "asm=0",
         }
         for i in range(t):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
@@ -204,47 +210,64 @@ def _trajectory(
     avail = max(rest_y - (r + 2.0), 2.0)  # usable height above the resting position
     direction = 1.0 if rng.random() < 0.5 else -1.0
     theta0 = rng.uniform(0, 2 * np.pi)
-
     if cls == "bounce":
-        period = rng.uniform(BOUNCE_FRAMES[0], BOUNCE_FRAMES[1])
-        height = rng.uniform(0.6, 0.95) * avail
-        phase = rng.uniform(0, period)
-        u = ((t + phase) % period) / period  # 0..1 within one bounce; ground at 0 and 1
-        y = rest_y - height * 4.0 * u * (1.0 - u)
-        x = np.full(n, rng.uniform(0.3, 0.7) * w)
-        omega = rng.uniform(-0.05, 0.05)
-        ang = theta0 + omega * t
-    elif cls in ("roll", "throw"):
-        # The ball goes back and forth between two walls at 1/8 and 7/8 of the width
-        # (a triangle wave), so it is in view in every frame and inside a square centre
-        # crop: a clip that shows no ball would teach nothing. Same speed law for both.
-        period = rng.uniform(CROSS_FRAMES[0], CROSS_FRAMES[1])
-        phase = (t / period + rng.uniform(0, 2)) % 2.0
-        u = np.where(phase < 1.0, phase, 2.0 - phase)  # 0..1..0 across the frame
-        if direction < 0:
-            u = 1.0 - u
-        x = 0.125 * w + r + u * (0.75 * w - 2 * r)
-        if cls == "roll":
-            y = np.full(n, rest_y) + rng.normal(0, 0.15, n)
-            ang = theta0 + x / r  # rolling without slipping
-        else:
-            high_y = rest_y - rng.uniform(0.8, 1.0) * avail
-            low_y = rest_y - rng.uniform(0.1, 0.25) * avail  # the low end stays above the ground
-            up = u if rng.random() < 0.5 else 1.0 - u  # which wall is the high one
-            sag = rng.uniform(0.0, 0.15) * avail  # the path bows up a little, like a lob
-            y = low_y + (high_y - low_y) * up - sag * 4.0 * u * (1.0 - u)
-            ang = theta0 + rng.uniform(-0.08, 0.08) * t
-    elif cls == "spin":
-        x = np.full(n, rng.uniform(0.3, 0.7) * w)
-        y = np.full(n, rest_y)
-        jit = rng.uniform(0.0, 0.6)
-        x = x + rng.normal(0, jit, n)
-        y = np.minimum(y + rng.normal(0, jit, n), rest_y)
-        omega = direction * rng.uniform(0.35, 1.1)  # rad/frame; < pi/2, so < pi per step at stride 2
-        ang = theta0 + omega * t
-    else:
-        raise ValueError(f"unknown class {cls!r}")
-    return x, y, ang
+        return _bounce(rng, t, w, rest_y, avail, theta0)
+    if cls in ("roll", "throw"):
+        return _back_and_forth(cls, rng, t, w, r, rest_y, avail, direction, theta0)
+    if cls == "spin":
+        return _spin(rng, t, w, rest_y, direction, theta0)
+    raise ValueError(f"unknown class {cls!r}")
+
+
+def _bounce(rng: np.random.Generator, t: np.ndarray, w: int, rest_y: float, avail: float,
+            theta0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Straight up and down at a fixed x, periodically touching the ground."""
+    n = len(t)
+    period = rng.uniform(BOUNCE_FRAMES[0], BOUNCE_FRAMES[1])
+    height = rng.uniform(0.6, 0.95) * avail
+    phase = rng.uniform(0, period)
+    u = ((t + phase) % period) / period  # 0..1 within one bounce; ground at 0 and 1
+    y = rest_y - height * 4.0 * u * (1.0 - u)
+    x = np.full(n, rng.uniform(0.3, 0.7) * w)
+    omega = rng.uniform(-0.05, 0.05)
+    return x, y, theta0 + omega * t
+
+
+def _back_and_forth(cls: str, rng: np.random.Generator, t: np.ndarray, w: int, r: float, rest_y: float,
+                    avail: float, direction: float, theta0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """roll (on the ground) and throw (a diagonal in the air) between two walls, same speed law."""
+    # The ball goes back and forth between two walls at 1/8 and 7/8 of the width
+    # (a triangle wave), so it is in view in every frame and inside a square centre
+    # crop: a clip that shows no ball would teach nothing.
+    n = len(t)
+    period = rng.uniform(CROSS_FRAMES[0], CROSS_FRAMES[1])
+    phase = (t / period + rng.uniform(0, 2)) % 2.0
+    u = np.where(phase < 1.0, phase, 2.0 - phase)  # 0..1..0 across the frame
+    if direction < 0:
+        u = 1.0 - u
+    x = 0.125 * w + r + u * (0.75 * w - 2 * r)
+    if cls == "roll":
+        y = np.full(n, rest_y) + rng.normal(0, 0.15, n)
+        return x, y, theta0 + x / r  # rolling without slipping
+    high_y = rest_y - rng.uniform(0.8, 1.0) * avail
+    low_y = rest_y - rng.uniform(0.1, 0.25) * avail  # the low end stays above the ground
+    up = u if rng.random() < 0.5 else 1.0 - u  # which wall is the high one
+    sag = rng.uniform(0.0, 0.15) * avail  # the path bows up a little, like a lob
+    y = low_y + (high_y - low_y) * up - sag * 4.0 * u * (1.0 - u)
+    return x, y, theta0 + rng.uniform(-0.08, 0.08) * t
+
+
+def _spin(rng: np.random.Generator, t: np.ndarray, w: int, rest_y: float, direction: float,
+          theta0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """On the ground, (almost) in place, spinning fast."""
+    n = len(t)
+    x = np.full(n, rng.uniform(0.3, 0.7) * w)
+    y = np.full(n, rest_y)
+    jit = rng.uniform(0.0, 0.6)
+    x = x + rng.normal(0, jit, n)
+    y = np.minimum(y + rng.normal(0, jit, n), rest_y)
+    omega = direction * rng.uniform(0.35, 1.1)  # rad/frame; < pi/2, so < pi per step at stride 2
+    return x, y, theta0 + omega * t
 
 
 def render_clip(cls: str, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -283,7 +306,7 @@ def dataset_params(per_split_counts: Mapping[str, int], seed: int, width: int, h
     """The parameters recorded in the completion marker (and compared on reuse)."""
     return {
         "generator": "videoft.data.synthetic",
-        "version": 4,
+        "version": 5,
         "classes": list(CLASSES),
         "per_split_counts": {s: int(c) for s, c in per_split_counts.items()},
         "seed": int(seed),
@@ -358,16 +381,7 @@ def generate_dataset(
     each video if given.
     """
     out = Path(out)
-    if width % 2 or height % 2 or width < 16 or height < 16:
-        raise ValueError(f"width and height must be even and >= 16, got {width}x{height}")
-    unknown = set(per_split_counts) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"unknown splits {sorted(unknown)}; expected a subset of {SPLITS}")
-    if any(int(c) < 0 for c in per_split_counts.values()):
-        raise ValueError("per-split counts must be >= 0")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass overwrite=True to replace it)")
-
+    _check_arguments(out, per_split_counts, width, height, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Not tempfile.mkdtemp: its 0700 mode would survive the rename; mkdir honours the umask.
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
@@ -387,41 +401,66 @@ def generate_dataset(
             (str(tmp / split / cls / f"{cls}_{i:04d}.mp4"), int(seed), split, cls, i, width, height)
             for split, cls, i in jobs
         ]
-        if workers > 1 and len(tasks) > 1:
-            ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch/OpenMP threads exist
-            with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx) as pool:
-                futures = [pool.submit(_write_one, *task) for task in tasks]
-                for done, fut in enumerate(as_completed(futures), 1):
-                    fut.result()
-                    if progress is not None:
-                        progress(done, len(tasks))
-        else:
-            for done, task in enumerate(tasks, 1):
-                _write_one(*task)
-                if progress is not None:
-                    progress(done, len(tasks))
-
-        params = dataset_params(per_split_counts, seed, width, height)
-        (tmp / "classes.txt").write_text("".join(c + "\n" for c in sorted(CLASSES)))
-        (tmp / "README.md").write_text(
-            _README.format(
-                seed=seed, width=width, height=height, fps=FPS, lo=MIN_FRAMES, hi=MAX_FRAMES,
-                counts=", ".join(f"{s} {params['per_split_counts'].get(s, 0)}" for s in SPLITS),
-            )
-        )
-        (tmp / COMPLETE_MARKER).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
-
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{os.urandom(4).hex()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink()
+        _run_tasks(tasks, workers, progress)
+        _write_metadata(tmp, dataset_params(per_split_counts, seed, width, height))
+        _replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _check_arguments(out: Path, per_split_counts: Mapping[str, int], width: int, height: int,
+                     overwrite: bool) -> None:
+    if width % 2 or height % 2 or width < 16 or height < 16:
+        raise ValueError(f"width and height must be even and >= 16, got {width}x{height}")
+    unknown = set(per_split_counts) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"unknown splits {sorted(unknown)}; expected a subset of {SPLITS}")
+    if any(int(c) < 0 for c in per_split_counts.values()):
+        raise ValueError("per-split counts must be >= 0")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass overwrite=True to replace it)")
+
+
+def _run_tasks(tasks: list[tuple], workers: int, progress: Callable[[int, int], None] | None) -> None:
+    """Render and encode every video, in `workers` spawned processes when > 1."""
+    if workers > 1 and len(tasks) > 1:
+        ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch/OpenMP threads exist
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx) as pool:
+            futures = [pool.submit(_write_one, *task) for task in tasks]
+            for done, fut in enumerate(as_completed(futures), 1):
+                fut.result()
+                if progress is not None:
+                    progress(done, len(tasks))
+    else:
+        for done, task in enumerate(tasks, 1):
+            _write_one(*task)
+            if progress is not None:
+                progress(done, len(tasks))
+
+
+def _write_metadata(folder: Path, params: dict) -> None:
+    """classes.txt, README.md, and the completion marker last."""
+    (folder / "classes.txt").write_text("".join(c + "\n" for c in sorted(CLASSES)))
+    (folder / "README.md").write_text(
+        _README.format(
+            seed=params["seed"], width=params["width"], height=params["height"], fps=FPS, lo=MIN_FRAMES,
+            hi=MAX_FRAMES, counts=", ".join(f"{s} {params['per_split_counts'].get(s, 0)}" for s in SPLITS),
+        )
+    )
+    (folder / COMPLETE_MARKER).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+
+
+def _replace_folder(tmp: Path, out: Path) -> None:
+    """Move `tmp` to `out`, replacing whatever was there (the old folder is removed after the swap)."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{os.urandom(4).hex()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
