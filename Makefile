@@ -6,7 +6,7 @@ STAMP := $(VENV)/.videoft-installed
 DEMO_DATA ?= data/demo
 DEMO_RUN ?= runs/demo
 
-.PHONY: install demo demo-data test test-fast benchmark clean
+.PHONY: install demo demo-data lint test test-fast benchmark clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,10 @@ demo: $(STAMP) demo-data
 	$(BIN)/python tools/evaluate.py $(DEMO_RUN)/best.pt --data $(DEMO_DATA) --split test --out $(DEMO_RUN)/eval
 	@echo "checkpoint: $(DEMO_RUN)/best.pt   report: $(DEMO_RUN)/eval/report.html"
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

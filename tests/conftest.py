@@ -7,9 +7,9 @@ Lossy videos are plain H.264 yuv420p mp4, like most real data.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Mapping
 
 import av
 import numpy as np

@@ -34,8 +34,8 @@ def bench_decode(args) -> dict:
     import av
     import torch.nn.functional as F
 
-    from videoft.data.decode import VideoReader, resized_shape
     from videoft.data.clip_indices import train_clip_indices
+    from videoft.data.decode import VideoReader, resized_shape
 
     videos = sorted(p for p in Path(args.videos).rglob("*") if p.suffix.lower() in (".mp4", ".avi", ".mkv"))
     rng = random.Random(0)
@@ -73,7 +73,8 @@ def bench_decode(args) -> dict:
             times.append(time.perf_counter() - t0)
         results[name] = len(plans) / statistics.median(times)
     results["speedup"] = results["videoft_decord_exact_frames"] / results["pyav_window_then_resize"]
-    print(f"decode, {len(plans)} random 16-frame clips (stride {args.stride}), short side 128, median of {args.repeats}:")
+    print(f"decode, {len(plans)} random 16-frame clips (stride {args.stride}), short side 128, "
+          f"median of {args.repeats}:")
     print(f"  baseline  PyAV window + resize      {results['pyav_window_then_resize']:7.1f} clips/s")
     print(f"  videoft   decord exact frames       {results['videoft_decord_exact_frames']:7.1f} clips/s")
     print(f"  ratio                               {results['speedup']:7.2f}x")
@@ -129,7 +130,8 @@ def bench_ddp(args) -> dict:
             launcher = [sys.executable] if nproc == 1 else [
                 sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=29533"]
             env = {**os.environ, "OMP_NUM_THREADS": str(max(1, args.threads // nproc))}
-            proc = subprocess.run(launcher + common + [f"out_dir={out}", f"train.threads={max(1, args.threads // nproc)}"],
+            threads = f"train.threads={max(1, args.threads // nproc)}"
+            proc = subprocess.run(launcher + common + [f"out_dir={out}", threads],
                                   capture_output=True, text=True, env=env, cwd=REPO)
             if proc.returncode != 0:
                 raise RuntimeError(proc.stderr[-2000:])

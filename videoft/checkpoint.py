@@ -8,6 +8,7 @@ no reader restates a default or indexes a raw dict.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,13 @@ import torch
 from videoft.config import Config, ConfigError, from_dict, to_dict
 from videoft.data.transforms import Preprocessing
 from videoft.engine.checkpoint import load_checkpoint, save_checkpoint
+from videoft.models.classifier import VideoClassifier
+
+log = logging.getLogger("videoft")
 
 FORMAT = "videoft/1"
+# what must match for a resume (a change here means a different run, not a continuation)
+RESUME_KEYS = ("model.backbone", "data.clip_len", "data.frame_stride", "data.crop_size")
 
 
 @dataclass
@@ -96,3 +102,31 @@ def read_run_checkpoint(path: str | Path, map_location: str | torch.device = "cp
                                  history=state.get("history", []))
     return RunCheckpoint(model=state["model"], classes=list(state["classes"]), backbone=state["backbone"],
                          preprocessing=pre, config=config, training=training)
+
+
+def check_resume_compatible(ckpt: RunCheckpoint, cfg: Config, classes: list[str], path: Path) -> None:
+    """Refuse to resume a checkpoint whose classes or model differ from this config."""
+    problems = []
+    if ckpt.classes != list(classes):
+        problems.append(f"classes differ: checkpoint {ckpt.classes} vs data {list(classes)}")
+    old, now = to_dict(ckpt.config), to_dict(cfg)
+    for key in RESUME_KEYS:
+        section, name = key.split(".")
+        if old[section][name] != now[section][name]:
+            problems.append(f"{key}: checkpoint has {old[section][name]!r}, config has {now[section][name]!r}")
+    if problems:
+        raise ValueError(f"cannot resume from {path}: " + "; ".join(problems)
+                         + ". Start a new run (another out_dir), or use model.init_from to fine-tune from it.")
+
+
+def init_from_checkpoint(model: VideoClassifier, path: str, classes: list[str]) -> None:
+    """Start from another videoft run's weights; keep its head only if the classes are the same."""
+    ckpt = read_run_checkpoint(path)
+    weights = ckpt.model
+    if ckpt.classes != list(classes):
+        weights = {k: v for k, v in weights.items() if not k.startswith("head.")}
+        log.info("init_from %s: backbone weights loaded, head re-made for %d classes", path, len(classes))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    bad = [k for k in missing if not k.startswith("head.")] + list(unexpected)
+    if bad:
+        raise ValueError(f"init_from {path}: weights do not match backbone {ckpt.backbone}: {bad[:8]}")

@@ -12,7 +12,7 @@ PRETRAINED = ("kinetics400",)                              # videoft.models.back
 ON_MISSING_WEIGHTS = ("error", "random")                   # videoft.models.weights
 BN_MODES = ("frozen", "all", "train")                      # videoft.models.freezing
 OPTIMIZERS = ("sgd", "adamw")                              # videoft.recipe
-AMP_MODES = ("auto", "bf16", "fp16", "off")                # videoft.recipe.amp_dtype_for
+AMP_MODES = ("auto", "bf16", "fp16", "off")                # videoft.engine.train.amp_dtype_for
 BEST_METRICS = ("mean_class_accuracy", "top1", "video_top1", "video_mean_class_accuracy")  # engine.evaluate
 
 

@@ -10,8 +10,16 @@ from typing import Any
 
 import yaml
 
-from videoft.choices import (AMP_MODES, BEST_METRICS, BN_MODES, DECODERS, EVAL_CROPS, ON_MISSING_WEIGHTS,
-                             OPTIMIZERS, weights_source_problem)
+from videoft.choices import (
+    AMP_MODES,
+    BEST_METRICS,
+    BN_MODES,
+    DECODERS,
+    EVAL_CROPS,
+    ON_MISSING_WEIGHTS,
+    OPTIMIZERS,
+    weights_source_problem,
+)
 
 
 class ConfigError(ValueError):

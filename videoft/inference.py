@@ -62,7 +62,7 @@ class Predictor:
         self.transform = pre.eval_transform(num_crops)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device | None = None, **kwargs) -> "Predictor":
+    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device | None = None, **kwargs) -> Predictor:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, ckpt = load_model(path, device)
         return cls(model, ckpt, device=device, **kwargs)

@@ -21,8 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videoft.checkpoint import RunCheckpoint, TrainingState, read_run_checkpoint
-from videoft.config import Config, OptimConfig, dump_config, to_dict
+from videoft.checkpoint import (
+    RunCheckpoint,
+    TrainingState,
+    check_resume_compatible,
+    init_from_checkpoint,
+    read_run_checkpoint,
+)
+from videoft.config import Config, OptimConfig, dump_config
 from videoft.data.dataset import load_splits, split_summary
 from videoft.data.loaders import build_eval_loader, build_train_loader
 from videoft.data.transforms import Preprocessing
@@ -31,24 +37,28 @@ from videoft.engine.distributed import DistInfo, barrier, cleanup_distributed, s
 from videoft.engine.evaluate import predict, summarize
 from videoft.engine.features import cache_features
 from videoft.engine.logger import RunLogger
-from videoft.engine.train import (EpochResult, NonFiniteLossError, StepOptions, lr_factor_at, recompute_bn_stats,
-                                 train_one_epoch)
+from videoft.engine.train import (
+    EpochResult,
+    NonFiniteLossError,
+    StepOptions,
+    amp_dtype_for,
+    lr_factor_at,
+    recompute_bn_stats,
+    train_one_epoch,
+)
 from videoft.models.backbones import BackboneSpec, get_backbone_spec
 from videoft.models.classifier import VideoClassifier, build_classifier
 from videoft.models.freezing import UnfreezeSchedule, freeze_stages, param_groups
 
 log = logging.getLogger("videoft")
 
-# what must match for a resume (a change here means a different run, not a continuation)
-RESUME_KEYS = ("model.backbone", "data.clip_len", "data.frame_stride", "data.crop_size")
-
-
 def resolve_preprocessing(cfg: Config, spec: BackboneSpec) -> Preprocessing:
     """The backbone's clip geometry and normalisation, overridden key by key by the config's data section."""
     d = cfg.data
     crop = d.crop_size or spec.crop_size
     # keep the backbone's short-side/crop ratio when only the crop is changed
-    short = d.short_side or (spec.short_side if not d.crop_size else int(round(crop * spec.short_side / spec.crop_size)))
+    short = d.short_side or (spec.short_side if not d.crop_size
+                             else int(round(crop * spec.short_side / spec.crop_size)))
     return Preprocessing(d.clip_len or spec.clip_len, d.frame_stride or spec.frame_stride, crop, short,
                          tuple(spec.mean), tuple(spec.std))
 
@@ -68,17 +78,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def amp_dtype_for(mode: str, device: torch.device) -> torch.dtype | None:
-    """auto: bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on CPU."""
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
-        return None
-    if mode == "fp16":
-        return torch.float16
-    if mode == "auto" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
-
-
 def build_optimizer(model: VideoClassifier, spec: BackboneSpec, o: OptimConfig) -> torch.optim.Optimizer:
     """SGD (Nesterov when momentum > 0) or AdamW over per-stage groups (head LR, layer decay, no decay on norms)."""
     groups = param_groups(model, spec, head_lr=o.lr, backbone_lr=o.backbone_lr if o.backbone_lr is not None else o.lr,
@@ -86,34 +85,6 @@ def build_optimizer(model: VideoClassifier, spec: BackboneSpec, o: OptimConfig) 
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0)
     return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas)
-
-
-def check_resume_compatible(ckpt: RunCheckpoint, cfg: Config, classes: list[str], path: Path) -> None:
-    """Refuse to resume a checkpoint whose classes or model differ from this config."""
-    problems = []
-    if ckpt.classes != list(classes):
-        problems.append(f"classes differ: checkpoint {ckpt.classes} vs data {list(classes)}")
-    old, now = to_dict(ckpt.config), to_dict(cfg)
-    for key in RESUME_KEYS:
-        section, name = key.split(".")
-        if old[section][name] != now[section][name]:
-            problems.append(f"{key}: checkpoint has {old[section][name]!r}, config has {now[section][name]!r}")
-    if problems:
-        raise ValueError(f"cannot resume from {path}: " + "; ".join(problems)
-                         + ". Start a new run (another out_dir), or use model.init_from to fine-tune from it.")
-
-
-def init_from_checkpoint(model: VideoClassifier, path: str, classes: list[str]) -> None:
-    """Start from another videoft run's weights; keep its head only if the classes are the same."""
-    ckpt = read_run_checkpoint(path)
-    weights = ckpt.model
-    if ckpt.classes != list(classes):
-        weights = {k: v for k, v in weights.items() if not k.startswith("head.")}
-        log.info("init_from %s: backbone weights loaded, head re-made for %d classes", path, len(classes))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    bad = [k for k in missing if not k.startswith("head.")] + list(unexpected)
-    if bad:
-        raise ValueError(f"init_from {path}: weights do not match backbone {ckpt.backbone}: {bad[:8]}")
 
 
 @dataclass

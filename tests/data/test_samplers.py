@@ -89,3 +89,12 @@ def test_balanced_shards_split_the_same_draws():
     labels = [0] * 40 + [1] * 4
     (single,) = shards(labels, 1, 2, balanced=True)
     assert interleave(shards(labels, 2, 2, balanced=True)) == single
+
+
+@pytest.mark.parametrize("n,world", [(7, 2), (5, 3), (2, 4), (0, 2)])
+def test_shard_sampler_takes_every_video_exactly_once(n, world):
+    from videoft.data.samplers import ShardSampler
+
+    shards = [list(ShardSampler(n, rank, world)) for rank in range(world)]
+    assert sorted(i for s in shards for i in s) == list(range(n))  # no padding, no repeats
+    assert [len(ShardSampler(n, rank, world)) for rank in range(world)] == [len(s) for s in shards]

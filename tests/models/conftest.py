@@ -1,8 +1,8 @@
 """Fixtures for the model tests: backbones built once per module, small geometries, checkpoint files."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch

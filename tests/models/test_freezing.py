@@ -11,7 +11,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from videoft.models.backbones import build_backbone, get_backbone_spec
 from videoft.models.classifier import VideoClassifier, build_classifier
 from videoft.models.freezing import (
-    UnfreezeSchedule, freeze_stages, param_groups, resolve_frozen,
+    UnfreezeSchedule,
+    freeze_stages,
+    param_groups,
+    resolve_frozen,
 )
 
 # pytorchvideo's Swish backward uses the deprecated ctx.saved_variables: one warning per step.
@@ -179,7 +182,8 @@ def test_param_groups_decay_names_and_coverage(model):
             assert g["weight_decay"] == 0.05 and all(p.ndim > 1 for p in g["params"])
     trainable_only = param_groups(model, SPEC, head_lr=1e-2, backbone_lr=1e-3, weight_decay=0.05,
                                   include_frozen=False)
-    assert {id(p) for g in trainable_only for p in g["params"]} == {id(p) for p in model.parameters() if p.requires_grad}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in trainable_only for p in g["params"]} == trainable
 
 
 def test_layer_decay_and_set_lr(model):

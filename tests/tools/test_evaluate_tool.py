@@ -28,8 +28,7 @@ import pytest
 
 from videoft.engine.report import REPORT_FILES, validate_report
 
-from .tool_helpers import (CLASSES, CLIP_FRAMES, EVAL_VIDEOS, LOGIT_SCALE, REPO, free_port, load_tool,
-                           write_grey_video)
+from .tool_helpers import CLASSES, CLIP_FRAMES, EVAL_VIDEOS, LOGIT_SCALE, REPO, free_port, load_tool, write_grey_video
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import importlib.util
 import socket
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
 
 import av
 import numpy as np

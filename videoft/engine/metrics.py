@@ -7,7 +7,8 @@ the same rule as ``np.argmax``, so top-1 and the confusion matrix always agree.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

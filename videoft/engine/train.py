@@ -4,8 +4,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,17 @@ class EpochResult:
     @property
     def clips_per_second(self) -> float:
         return self.clips / self.seconds if self.seconds > 0 else 0.0
+
+
+def amp_dtype_for(mode: str, device: torch.device) -> torch.dtype | None:
+    """auto: bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on CPU."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "auto" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
 
 def lr_factor_at(step: int, *, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:

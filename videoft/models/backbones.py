@@ -17,8 +17,9 @@ Library quirks handled here (checked against pytorchvideo 0.1.5 / torchvision 0.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch.nn as nn
 import torchvision.models.video as tvv
@@ -32,7 +33,11 @@ from pytorchvideo.models.hub import x3d as _pv_x3d
 
 from videoft.choices import ON_MISSING_WEIGHTS, weights_source_problem
 from videoft.models.weights import (
-    WeightsUnavailableError, hash_prefix_in_name, load_strict, read_checkpoint, unwrap_state_dict,
+    WeightsUnavailableError,
+    hash_prefix_in_name,
+    load_strict,
+    read_checkpoint,
+    unwrap_state_dict,
     warn_random_init,
 )
 

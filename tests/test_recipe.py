@@ -1,0 +1,98 @@
+"""The recipe's named steps, in process: setup, a short fit, save and resume through RunState."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY_TRAIN_OVERRIDES
+from videoft.checkpoint import read_run_checkpoint
+from videoft.config import load_config
+from videoft.engine.distributed import DistInfo
+from videoft.models.backbones import get_backbone_spec
+from videoft.recipe import FineTuneRecipe, resolve_preprocessing
+
+REPO = Path(__file__).resolve().parents[1]
+ONE_PROCESS = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def make_recipe(tmp_path: Path, data: Path, *extra: str) -> FineTuneRecipe:
+    out = tmp_path / "run"
+    out.mkdir(exist_ok=True)
+    cfg = load_config(REPO / "configs" / "demo.yaml",
+                      [f"data.root={data}", f"out_dir={out}", *TINY_TRAIN_OVERRIDES, *extra])
+    return FineTuneRecipe(cfg, ONE_PROCESS, out)
+
+
+def test_preprocessing_follows_backbone_then_config():
+    cfg = load_config(None, ["data.root=x", "model.backbone=x3d_s"])
+    pre = resolve_preprocessing(cfg, get_backbone_spec("x3d_s"))
+    assert (pre.clip_len, pre.frame_stride, pre.crop_size, pre.short_side) == (13, 6, 160, 182)
+    cfg = load_config(None, ["data.root=x", "model.backbone=x3d_s", "data.crop_size=80", "data.clip_len=4"])
+    pre = resolve_preprocessing(cfg, get_backbone_spec("x3d_s"))
+    assert (pre.clip_len, pre.crop_size, pre.short_side) == (4, 80, 91)  # short side keeps the 182/160 ratio
+
+
+def test_setup_steps_build_what_the_config_says(tmp_path, tiny_motion_dataset):
+    recipe = make_recipe(tmp_path, tiny_motion_dataset, "freeze.stages=3", "optim.accum_steps=2",
+                         "train.epochs=3", "optim.warmup_epochs=1")
+    recipe.setup_runtime()
+    recipe.setup_data()
+    assert recipe.classes == ["bounce", "roll", "spin", "throw"]
+    assert (recipe.out_dir / "config.yaml").is_file() and (recipe.out_dir / "splits.json").is_file()
+    recipe.setup_model()
+    stages = recipe.spec.stages
+    frozen = {n for n, p in recipe.raw_model.named_parameters() if not p.requires_grad}
+    assert frozen and all(any(n.startswith(f"backbone.{s}.") for s in stages[:3]) for n in frozen)
+    assert recipe.state.frozen_stages == 3
+    recipe.setup_optimizer()
+    assert recipe.scaler is None and recipe.amp_dtype is None  # fp32 on the CPU
+    recipe.setup_loaders()
+    assert len(recipe.train_loader) == 3  # 12 training videos, batch 4
+    assert recipe.val_loader is not None and len(recipe.val_loader.dataset) == 8
+    recipe.setup_lr_schedule()
+    assert recipe.total_steps == 2 * 3 and recipe.warmup_steps == 2  # ceil(3 / 2) steps per epoch
+    assert recipe.lr_at(0) == pytest.approx(0.5) and recipe.lr_at(1) == pytest.approx(1.0)
+    assert recipe.maybe_resume() is False
+    recipe.wrap_model()
+    assert recipe.model is recipe.raw_model  # one process: no DDP wrapper
+
+
+def test_fit_saves_a_checkpoint_that_resumes_the_run_state(tmp_path, tiny_motion_dataset):
+    recipe = make_recipe(tmp_path, tiny_motion_dataset, "train.epochs=1", "train.max_steps_per_epoch=2")
+    recipe.setup()
+    summary = recipe.fit()
+    assert summary["epochs_run"] == 1 and recipe.state.epoch == 1 and recipe.state.step == 2
+    assert recipe.state.best["epoch"] == 1
+    ckpt = read_run_checkpoint(recipe.out_dir / "last.pt")
+    assert ckpt.classes == recipe.classes and ckpt.preprocessing == recipe.pre
+    assert ckpt.training.epoch == 1 and ckpt.training.step == 2 and ckpt.training.epoch_step == 0
+    assert ckpt.config.data.root == str(tiny_motion_dataset)
+
+    again = make_recipe(tmp_path, tiny_motion_dataset, "train.epochs=2", "train.max_steps_per_epoch=2",
+                        "resume=auto")
+    again.setup()
+    assert (again.state.epoch, again.state.step) == (1, 2)
+    assert again.state.best == recipe.state.best and again.state.history == recipe.state.history
+    for k, v in recipe.raw_model.state_dict().items():
+        assert torch.equal(v, again.raw_model.state_dict()[k]), k
+    again.fit()
+    assert again.state.epoch == 2 and again.state.step == 4 and len(again.state.history) == 2
+
+
+def test_resume_with_changed_geometry_is_refused_before_training(tmp_path, tiny_motion_dataset):
+    recipe = make_recipe(tmp_path, tiny_motion_dataset, "train.epochs=1", "train.max_steps_per_epoch=1")
+    recipe.setup()
+    recipe.fit()
+    other = make_recipe(tmp_path, tiny_motion_dataset, "train.epochs=2", "resume=auto", "data.crop_size=24",
+                        "data.short_side=28")
+    with pytest.raises(ValueError, match="data.crop_size: checkpoint has 32, config has 24"):
+        other.setup()
