@@ -31,6 +31,7 @@ from videoft.checkpoint import (
 from videoft.config import Config, OptimConfig, dump_config
 from videoft.data.dataset import load_splits, split_summary
 from videoft.data.loaders import build_eval_loader, build_train_loader
+from videoft.data.segments import audit_spans
 from videoft.data.transforms import Preprocessing
 from videoft.engine.checkpoint import rng_state, set_rng_state
 from videoft.engine.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed, sync_bn_stats
@@ -146,6 +147,12 @@ class FineTuneRecipe:
                              f"the number of processes {dist.world_size}")
         log.info("data %s: %d classes\n%s", cfg.data.root, len(self.classes),
                  split_summary(self.splits, self.classes))
+        if dist.is_main:
+            span_problems = audit_spans([s for part in self.splits.values() for s in part])
+            for problem in span_problems[:10]:
+                log.warning("segment span: %s", problem)
+            if len(span_problems) > 10:
+                log.warning("... %d more segment span problems", len(span_problems) - 10)
         log.info("backbone %s, clip %d frames x stride %d, crop %d (short side %d), %d process(es) on %s",
                  self.spec.name, self.pre.clip_len, self.pre.frame_stride, self.pre.crop_size, self.pre.short_side,
                  dist.world_size, dist.device)
@@ -153,7 +160,7 @@ class FineTuneRecipe:
             dump_config(cfg, self.out_dir / "config.yaml")
             (self.out_dir / "classes.txt").write_text("\n".join(self.classes) + "\n")
             (self.out_dir / "splits.json").write_text(json.dumps(
-                {k: [s.path for s in v] for k, v in self.splits.items()}, indent=1))
+                {k: [s.describe() for s in v] for k, v in self.splits.items()}, indent=1))
 
     def setup_model(self) -> None:
         """Build the classifier (weights, init_from), freeze as configured, move it to the device."""

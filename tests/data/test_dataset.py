@@ -106,7 +106,7 @@ def test_csv_list_with_header(tmp_path, class_root):
     (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
     rows = read_list_file(tmp_path / "list.csv")
     assert len(rows) == len(videos)  # the header is not a sample
-    assert rows[0] == (str(tmp_path / os.path.relpath(videos[0], tmp_path)), videos[0].parent.name)
+    assert rows[0] == (str(tmp_path / os.path.relpath(videos[0], tmp_path)), videos[0].parent.name, None)
     splits, classes = load_splits(tmp_path / "list.csv", val_fraction=0.3, seed=0)
     assert classes == CLASSES
     every = [s for part in splits.values() for s in part]

@@ -5,7 +5,10 @@ Accepted inputs:
   keeping UCF101-style groups (`_gNN_` in the name) on one side;
 - `root/{train,val,test}/<class>/<video>`: the splits as given;
 - a list file: CSV `path,label` (optional header) or mmaction2-style `path label` lines,
-  the label being a class name or an integer index into `classes`.
+  the label being a class name or an integer index into `classes`. Optional `start,end`
+  columns (`path,label,start,end`) make a row a segment of a long recording: seconds
+  (`12.5`, `01:02.5`, `1:02:03`) or frame indices with an `f` suffix (`300f`), end exclusive.
+  All segments of one recording stay on one side of a split.
 """
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ from typing import Callable, Sequence, TypedDict
 import torch
 from torch.utils.data import Dataset
 
-from videoft.data.clip_indices import eval_clip_indices, train_clip_indices, union_indices
+from videoft.data.clip_indices import FrameRange, Span, eval_clip_indices, train_clip_indices, union_indices
 from videoft.data.decode import VideoDecodeError, VideoReader
+from videoft.data.segments import parse_span, recording_split, split_whitespace_line
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,25 @@ _GROUP = re.compile(r"_g(\d+)_", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class VideoSample:
+    """A labelled video file, or a segment of one (`span`) when it comes from a long recording."""
+
     path: str
     label: int
+    span: Span | None = None
+
+    def describe(self) -> str:
+        """The path, with the span when it is a segment: 'match.mp4 [12.5-15 s]'."""
+        return self.path if self.span is None else f"{self.path} [{self.span.describe()}]"
+
+    def frame_range(self, reader: VideoReader) -> FrameRange | None:
+        """The [first, stop) frames of the span in the open video (None: the whole file);
+        a span outside the video is a VideoDecodeError naming the file and the span."""
+        if self.span is None:
+            return None
+        try:
+            return self.span.frame_range(reader.info.fps, reader.info.num_frames)
+        except ValueError as err:
+            raise VideoDecodeError(self.path, str(err)) from None
 
 
 class Item(TypedDict):
@@ -75,27 +96,37 @@ def scan_class_folder(root: str | Path) -> list[tuple[str, str]]:
     return items
 
 
-def read_list_file(path: str | Path, root: str | Path | None = None) -> list[tuple[str, str]]:
-    """(path, label) pairs from a CSV `path,label` or a whitespace `path label` list file.
+ListRow = tuple[str, str, "Span | None"]  # (video path, label, span or None)
 
-    Relative video paths are taken relative to `root`, or to the list file's folder.
+
+def read_list_file(path: str | Path, root: str | Path | None = None) -> list[ListRow]:
+    """(path, label, span) rows from a CSV `path,label[,start,end]` or a whitespace `path label [start end]` list.
+
+    Relative video paths are taken relative to `root`, or to the list file's folder. `span`
+    is None for a whole file. In whitespace lists a line is a segment when it has at least four
+    fields and the last two are times (paths may contain spaces).
     """
     path = Path(path)
     base = Path(root) if root else path.parent
     text = path.read_text().splitlines()
-    rows: list[tuple[str, str]] = []
+    rows: list[ListRow] = []
     is_csv = any("," in line for line in text[:5])
-    lines = csv.reader(text) if is_csv else (line.rsplit(None, 1) for line in text)
+    lines = csv.reader(text) if is_csv else (split_whitespace_line(line) for line in text)
     for lineno, parts in enumerate(lines, 1):
         parts = [p.strip() for p in parts if p.strip()]
         if not parts or parts[0].startswith("#"):
             continue
-        if len(parts) != 2:
-            raise ValueError(f"{path}:{lineno}: expected 'path,label' or 'path label', got {parts}")
+        if len(parts) not in (2, 4):
+            raise ValueError(f"{path}:{lineno}: expected 'path,label[,start,end]' or 'path label [start end]', "
+                             f"got {parts}")
         if lineno == 1 and is_csv and parts[1].lower() in ("label", "class", "class_name"):
             continue  # header
         video = parts[0] if os.path.isabs(parts[0]) else str(base / parts[0])
-        rows.append((video, parts[1]))
+        try:
+            span = parse_span(parts[2], parts[3]) if len(parts) == 4 else None
+        except ValueError as err:
+            raise ValueError(f"{path}:{lineno}: {err}") from None
+        rows.append((video, parts[1], span))
     if not rows:
         raise ValueError(f"{path}: no entries")
     return rows
@@ -107,16 +138,27 @@ def group_of(path: str) -> str:
     return f"g{int(m.group(1))}" if m else os.path.basename(path)
 
 
-def group_split(items: Sequence[tuple[str, int]], fractions: dict[str, float], seed: int) -> dict[str, list[VideoSample]]:
+def recording_of(sample: VideoSample) -> str:
+    """The group of a segment: its recording (the file, or its UCF-style `_gNN_` group)."""
+    return group_of(sample.path) if _GROUP.search(os.path.basename(sample.path)) else sample.path
+
+
+def group_split(items: Sequence[VideoSample | tuple[str, int]], fractions: dict[str, float],
+                seed: int) -> dict[str, list[VideoSample]]:
     """Stratified split by class that never puts one group on two sides.
 
     For each class, its groups are shuffled with a seed derived from (seed, class) and
     given to each held-out split until it holds its fraction of the class; the rest
-    train. A class with a single group goes to train whole.
+    train. A class with a single group goes to train whole. Segments of long recordings
+    (samples with a span) are split by recording instead, across classes: see recording_split.
     """
+    samples = [s if isinstance(s, VideoSample) else VideoSample(*s) for s in items]
+    if any(s.span is not None for s in samples):
+        return recording_split(samples, fractions, seed, recording_of)
     out: dict[str, list[VideoSample]] = {"train": [], **{k: [] for k in fractions}}
     by_class: dict[int, dict[str, list[str]]] = {}
-    for path, label in items:
+    for sample in samples:
+        path, label = sample.path, sample.label
         by_class.setdefault(label, {}).setdefault(group_of(path), []).append(path)
     for label, groups in sorted(by_class.items()):
         names = sorted(groups)
@@ -135,16 +177,17 @@ def group_split(items: Sequence[tuple[str, int]], fractions: dict[str, float], s
     return out
 
 
-def _index_labels(rows: list[tuple[str, str]], classes: list[str] | None, where: str) -> list[tuple[str, int]]:
-    """Turn class-name or integer labels into indices of `classes`."""
+def _index_labels(rows: Sequence[tuple], classes: list[str] | None, where: str) -> list[VideoSample]:
+    """Samples from (path, label[, span]) rows, class-name or integer labels turned into indices of `classes`."""
     out = []
-    for path, label in rows:
+    for path, label, *span in rows:
+        span = span[0] if span else None
         if label in (classes or []):
-            out.append((path, classes.index(label)))
+            out.append(VideoSample(path, classes.index(label), span))
         elif label.isdigit() and classes is not None and int(label) < len(classes):
-            out.append((path, int(label)))
+            out.append(VideoSample(path, int(label), span))
         elif label.isdigit() and classes is None:
-            out.append((path, int(label)))
+            out.append(VideoSample(path, int(label), span))
         else:
             raise ValueError(f"{where}: label {label!r} of {path} is not a known class ({classes})")
     return out
@@ -162,19 +205,18 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.2, test_fraction: f
     fractions = {k: v for k, v in (("val", val_fraction), ("test", test_fraction)) if v > 0}
     if root.is_file():
         rows = read_list_file(root)
-        names = classes or sorted({lbl for _, lbl in rows if not lbl.isdigit()}) or None
+        names = classes or sorted({row[1] for row in rows if not row[1].isdigit()}) or None
         items = _index_labels(rows, names, str(root))
         if names is None:
-            names = [str(i) for i in range(max(l for _, l in items) + 1)]
+            names = [str(i) for i in range(max(s.label for s in items) + 1)]
         return group_split(items, fractions, seed), names
     present = [s for s in SPLIT_NAMES if (root / s).is_dir()]
     if "train" in present or ("val" in present or "test" in present):
         per_split = {s: scan_class_folder(root / s) for s in present}
         names = classes or sorted({c for rows in per_split.values() for _, c in rows})
-        splits = {s: [VideoSample(p, i) for p, i in _index_labels(rows, names, str(root / s))]
-                  for s, rows in per_split.items()}
+        splits = {s: _index_labels(rows, names, str(root / s)) for s, rows in per_split.items()}
         if "train" in splits and "val" not in splits and val_fraction > 0:
-            resplit = group_split([(s.path, s.label) for s in splits["train"]], {"val": val_fraction}, seed)
+            resplit = group_split(splits["train"], {"val": val_fraction}, seed)
             splits["train"], splits["val"] = resplit["train"], resplit["val"]
         return splits, names
     rows = scan_class_folder(root)
@@ -190,6 +232,10 @@ def split_summary(splits: dict[str, list[VideoSample]], classes: Sequence[str]) 
     for i, name in enumerate(classes):
         lines.append(f"{name:<{width}} " + " ".join(f"{sum(s.label == i for s in splits[c]):>6}" for c in cols))
     lines.append(f"{'total':<{width}} " + " ".join(f"{len(splits[c]):>6}" for c in cols))
+    if any(s.span is not None for part in splits.values() for s in part):
+        lines.append(f"{'recordings':<{width}} "
+                     + " ".join(f"{len({recording_of(s) for s in splits[c]}):>6}" for c in cols))
+        lines.append("(segments of long recordings: all segments of one recording are on one side of the split)")
     return "\n".join(lines)
 
 
@@ -201,11 +247,13 @@ def views_from_frames(frames: torch.Tensor, positions: Sequence[Sequence[int]],
 
 
 def decode_views(reader: VideoReader, *, clip_len: int, stride: int, num_clips: int,
-                 transform: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, list[list[int]]]:
-    """The evaluation views of a video: `num_clips` clips spread over its whole length, decoded in
-    one pass over their union, each transformed (1 or 3 crops). Returns the views
-    [clips * crops, C, T, H, W] and each clip's frame indices (clamped to the frames that decode)."""
-    clips = eval_clip_indices(reader.info.num_frames, clip_len, stride, num_clips)
+                 transform: Callable[[torch.Tensor], torch.Tensor],
+                 span: FrameRange | None = None) -> tuple[torch.Tensor, list[list[int]]]:
+    """The evaluation views of a video: `num_clips` clips spread over its whole length (or over
+    `span`, [first, stop) frames), decoded in one pass over their union, each transformed (1 or 3
+    crops). Returns the views [clips * crops, C, T, H, W] and each clip's frame indices (clamped
+    to the frames that decode)."""
+    clips = eval_clip_indices(reader.info.num_frames, clip_len, stride, num_clips, span=span)
     frames_needed, positions = union_indices(clips)
     frames = reader.get_frames(frames_needed)  # one pass over the union of the clips
     clips = [[min(i, reader.info.num_frames - 1) for i in c] for c in clips]  # after any clamping
@@ -250,8 +298,8 @@ class VideoClipDataset(Dataset):
             sample = self.samples[current]
             try:
                 reader = VideoReader(sample.path, short_side=self.short_side, backend=self.backend)
-                frames = reader.get_frames(
-                    train_clip_indices(reader.info.num_frames, self.clip_len, self.stride, rng))
+                frames = reader.get_frames(train_clip_indices(reader.info.num_frames, self.clip_len, self.stride,
+                                                              rng, span=sample.frame_range(reader)))
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(rng.getrandbits(63))
                     video = self.transform(frames)
@@ -268,7 +316,8 @@ class VideoClipDataset(Dataset):
         try:
             reader = VideoReader(sample.path, short_side=self.short_side, backend=self.backend)
             views, clips = decode_views(reader, clip_len=self.clip_len, stride=self.stride,
-                                        num_clips=self.num_clips, transform=self.transform)
+                                        num_clips=self.num_clips, transform=self.transform,
+                                        span=sample.frame_range(reader))
             return Item(video=views, label=sample.label, index=index, valid=True, frame_indices=clips,
                         failures=[])
         except VideoDecodeError as err:
