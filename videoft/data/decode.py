@@ -6,8 +6,10 @@ ends in one exception, :class:`VideoDecodeError`, carrying the path and the reas
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Sequence
 
 import numpy as np
@@ -116,6 +118,9 @@ class VideoReader:
         self.path = str(path)
         self.short_side = short_side
         self.num_threads = num_threads
+        self.frames_decoded = 0  # frames PyAV has decoded so far (what a seek saves is visible here)
+        self._numbering: _FrameNumbering | None = None  # PyAV: frame index <-> timestamp, once known
+        self._seekable = True  # PyAV: False once this file's timestamps proved irregular
         header = probe(self.path)
         self.out_width, self.out_height = resized_shape(header.width, header.height, short_side)
         self._vr = None
@@ -187,28 +192,53 @@ class VideoReader:
         return frames
 
     def _pyav_frames(self, indices: list[int]) -> torch.Tensor:  # [T, H, W, C] uint8
-        """Decode from the start up to the last wanted frame (fallback path: simple, not fast)."""
-        wanted = set(indices)
-        last = max(indices)
+        """Decode the wanted frames with PyAV: seek to the keyframe before the first one and decode
+        forward, numbering frames by their timestamps; where the timestamps are irregular (missing,
+        gaps, a seek that lands late), decode from the start and count instead, so frame t is
+        always the t-th frame of the stream."""
+        margin = 0
+        while self._seekable and 0 < min(indices) - margin:
+            try:
+                return self._pyav_decode(indices, seek=True, margin=margin)
+            except _SeekLanded as late:  # some containers (AVI with B-frames) index keyframes by decode time
+                margin = 2 * (margin + late.overshoot)
+            except _IrregularTimestamps as why:
+                log.debug("%s: %s; decoding from the start from now on", self.path, why)
+                self._seekable = False
+        return self._pyav_decode(indices, seek=False)
+
+    def _pyav_decode(self, indices: list[int], *, seek: bool, margin: int = 0) -> torch.Tensor:  # [T, H, W, C]
+        """Decode `indices` from the start, or (`seek`) from the keyframe before frame min(indices) - margin."""
+        wanted, last = set(indices), max(indices)
         got: dict[int, np.ndarray] = {}
         last_frame = None
-        count = 0
+        count = 0  # frames of the stream up to and including the last one decoded
         try:
             with av.open(self.path) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
+                number = self._frame_numbering(container, stream) if seek else None
+                if number is not None:  # after reading the first frame's timestamp: seek from there
+                    container.seek(number.pts_of(min(indices) - margin), stream=stream, backward=True,
+                                   any_frame=False)
                 for frame in container.decode(stream):
-                    if count in wanted:
-                        got[count] = self._to_array(frame)
-                    last_frame = frame
-                    count += 1
+                    self.frames_decoded += 1
+                    index = count if number is None else number.index_of(
+                        frame.pts, previous=None if last_frame is None else count - 1, first_wanted=min(indices))
+                    if index in wanted:
+                        got[index] = self._to_array(frame)
+                    last_frame, count = frame, index + 1
                     if count > last:
                         break
         except (av.FFmpegError, OSError, ValueError) as exc:
             if count == 0:
+                if seek:
+                    raise _IrregularTimestamps(f"seeking failed ({_short(exc)})") from None
                 raise VideoDecodeError(self.path, f"no frame decodes ({_short(exc)})") from None
             log.warning("%s: decoding stopped after %d frames (%s)", self.path, count, _short(exc))
         if count == 0:
+            if seek:
+                raise _IrregularTimestamps("no frame decodes after seeking")
             raise VideoDecodeError(self.path, "no frame decodes (empty or truncated video stream)")
         if count <= last:
             # the header over-reported the frame count: clamp to the last frame that decodes
@@ -221,10 +251,61 @@ class VideoReader:
     def _to_array(self, frame: "av.VideoFrame") -> np.ndarray:  # [H, W, C] uint8
         return frame.to_ndarray(format="rgb24", width=self.out_width, height=self.out_height)
 
+    def _frame_numbering(self, container: "av.container.InputContainer",
+                         stream: "av.video.stream.VideoStream") -> _FrameNumbering:
+        """Timestamp -> frame index for this stream, anchored on the first frame's own timestamp (the
+        container's start time is not always it: an AVI with B-frames starts at pts 1)."""
+        if self._numbering is None:
+            rate, time_base = stream.average_rate or stream.guessed_rate, stream.time_base
+            if not rate or not time_base:
+                raise _IrregularTimestamps("the stream has no frame rate or time base")
+            first = next(iter(container.decode(stream)), None)
+            self.frames_decoded += first is not None
+            if first is None or first.pts is None:
+                raise _IrregularTimestamps("the first frame has no timestamp")
+            self._numbering = _FrameNumbering(int(first.pts), Fraction(time_base), Fraction(rate))
+        return self._numbering
+
     def _log_fallback(self, reason: str) -> None:
         if self.path not in _fallback_logged:
             _fallback_logged.add(self.path)
             log.warning("%s: %s; falling back to PyAV", self.path, reason)
+
+
+class _IrregularTimestamps(Exception):
+    """Frame numbers cannot be read from this stream's timestamps: decode from the start instead."""
+
+
+class _SeekLanded(_IrregularTimestamps):
+    """The seek landed `overshoot` frames after the first wanted frame: seek again, further back."""
+
+    def __init__(self, overshoot: int):
+        self.overshoot = overshoot
+        super().__init__(f"the seek landed {overshoot} frames after the first wanted frame")
+
+
+@dataclass(frozen=True)
+class _FrameNumbering:
+    """Frame index <-> timestamp for a constant-rate stream: index = (pts - start) * time_base * rate."""
+
+    start: int
+    time_base: Fraction
+    rate: Fraction
+
+    def pts_of(self, index: int) -> int:
+        return self.start + math.floor(index / (self.rate * self.time_base))
+
+    def index_of(self, pts: int | None, *, previous: int | None, first_wanted: int) -> int:
+        """The frame index of `pts`; irregular unless it follows `previous` (the first frame after the
+        seek has none, and must not be past the first wanted frame)."""
+        if pts is None:
+            raise _IrregularTimestamps("a frame without a timestamp")
+        index = round((pts - self.start) * self.time_base * self.rate)
+        if previous is None and index > first_wanted:
+            raise _SeekLanded(index - first_wanted)
+        if previous is not None and index != previous + 1:
+            raise _IrregularTimestamps(f"frame {index} follows frame {previous} (variable frame rate?)")
+        return index
 
 
 def read_frames(path: str | os.PathLike, indices: Sequence[int], *, short_side: int | None = None,
