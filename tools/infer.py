@@ -3,6 +3,11 @@
 
     python tools/infer.py runs/demo/best.pt clip.mp4 [more.mp4 ...] [--topk 5] [--json]
     python tools/infer.py runs/demo/best.pt match.mp4 --window 2 --stride 1 [--csv timeline.csv]
+    python tools/infer.py runs/demo/best.pt match.mp4 --window 2 --annotations events.csv [--iou 0.5]
+
+With --annotations (an events table `video,label,start,end`), the timelines' merged segments are
+scored against the annotated ones: per-class precision and recall at a temporal IoU threshold
+(see tools/evaluate_timeline.py, which scores a saved timeline CSV the same way).
 
 A file that is missing or cannot be decoded prints one line naming it and the reason; the
 other files still run, and the exit code is 1.
@@ -13,9 +18,13 @@ import argparse
 import csv
 import json
 import sys
+from pathlib import Path
 
 from videoft.choices import DECODERS, EVAL_CROPS
 from videoft.data.decode import VideoDecodeError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling tool, for --annotations
+import evaluate_timeline  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--csv", default=None, help="timeline mode: also write the windows to this CSV file")
     p.add_argument("--decoder", choices=DECODERS, default="auto")
     p.add_argument("--device", default=None)
+    p.add_argument("--annotations", default=None, help="timeline mode: score the segments against this events "
+                   "table (video,label,start,end)")
+    evaluate_timeline.add_scoring_args(p)
     return p.parse_args(argv)
 
 
@@ -41,10 +53,12 @@ def main(argv: list[str] | None = None) -> int:
                 if v is not None and v <= 0]
     if args.stride is not None and args.window is None:
         problems.append("--stride needs --window")
+    if args.annotations is not None and args.window is None:
+        problems.append("--annotations needs --window (it scores a timeline)")
     if problems:
         print("error: " + "; ".join(problems), file=sys.stderr)
         return 2
-    from videoft.inference import Predictor
+    from videoft.inference import Predictor, merge_segments
 
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, num_clips=args.clips,
@@ -53,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     failed = 0
-    csv_rows = []
+    csv_rows, timelines = [], {}
     for video in args.videos:
         try:
             if args.window:
@@ -61,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                                             topk=args.topk)
                 csv_rows += [{"video": video, **{k: w[k] for k in ("start", "end", "label", "probability")}}
                              for w in result["windows"]]
+                timelines[video] = merge_segments(result["windows"])
             else:
                 result = predictor.predict(video, topk=args.topk)
         except VideoDecodeError as err:
@@ -84,6 +99,17 @@ def main(argv: list[str] | None = None) -> int:
             writer = csv.DictWriter(f, fieldnames=["video", "start", "end", "label", "probability"])
             writer.writeheader()
             writer.writerows(csv_rows)
+    if args.annotations and timelines:
+        try:
+            scores = evaluate_timeline.score(timelines, args.annotations, args)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if args.json:
+            print(json.dumps({"timeline_scores": scores}))
+        else:
+            print()
+            evaluate_timeline.print_scores(scores)
     return 1 if failed else 0
 
 

@@ -9,7 +9,6 @@ Everything comes from the checkpoint: backbone, clip geometry, normalisation, cl
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from videoft.checkpoint import RunCheckpoint, read_run_checkpoint
 from videoft.data.clip_indices import clip_span, eval_clip_indices, union_indices
 from videoft.data.dataset import decode_views, views_from_frames
 from videoft.data.decode import VideoReader
+from videoft.engine.timeline import Segment, merge_segments  # noqa: F401  (Segment: part of this API)
 from videoft.models.classifier import VideoClassifier, build_classifier
 
 
@@ -33,14 +33,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Vi
         raise ValueError(f"{path}: its weights do not fit a {ckpt.backbone} classifier with "
                          f"{ckpt.num_classes} classes ({str(err).splitlines()[0]})") from None
     return model.to(device).eval(), ckpt
-
-
-@dataclass
-class Segment:
-    start: float
-    end: float
-    label: str
-    probability: float
 
 
 class Predictor:
@@ -115,19 +107,3 @@ class Predictor:
     def _top(self, probs: torch.Tensor, k: int) -> list[tuple[str, float]]:
         values, idx = probs.topk(min(k, len(self.classes)))
         return [(self.classes[i], round(float(v), 6)) for v, i in zip(values.tolist(), idx.tolist())]
-
-
-def merge_segments(windows: list[dict]) -> list[Segment]:
-    """Merge consecutive windows with the same top label (probability: their mean)."""
-    segments: list[Segment] = []
-    counts: list[int] = []
-    for w in windows:
-        if segments and segments[-1].label == w["label"] and w["start"] <= segments[-1].end:
-            seg = segments[-1]
-            seg.probability = (seg.probability * counts[-1] + w["probability"]) / (counts[-1] + 1)
-            seg.end = max(seg.end, w["end"])
-            counts[-1] += 1
-        else:
-            segments.append(Segment(w["start"], w["end"], w["label"], w["probability"]))
-            counts.append(1)
-    return segments
