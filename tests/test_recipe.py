@@ -96,3 +96,23 @@ def test_resume_with_changed_geometry_is_refused_before_training(tmp_path, tiny_
                         "data.short_side=28")
     with pytest.raises(ValueError, match="data.crop_size: checkpoint has 32, config has 24"):
         other.setup()
+
+
+def test_validation_loss_is_the_centre_clip_cross_entropy(tmp_path, tiny_motion_dataset):
+    """val_loss: mean cross-entropy of the clip-level prediction (centre clip, centre crop), recomputed
+    here from the model's logits on the validation views with torch's own cross_entropy."""
+    from videoft.engine.evaluate import centre_view_index
+
+    recipe = make_recipe(tmp_path, tiny_motion_dataset, "train.epochs=1", "train.max_steps_per_epoch=1")
+    recipe.setup()
+    metrics = recipe.validate(0)
+    dataset = recipe.val_loader.dataset
+    centre = centre_view_index(dataset.num_clips, 1)
+    items = [dataset[i] for i in range(len(dataset))]
+    with torch.no_grad():
+        logits = recipe.raw_model.eval()(torch.stack([item["video"][centre] for item in items]))
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([item["label"] for item in items]))
+    assert metrics["loss"] == pytest.approx(expected.item(), rel=1e-4)
+    recipe.fit()
+    row = recipe.state.history[-1]
+    assert row["val_loss"] > 0 and row["val_loss"] == pytest.approx(recipe.validate(0)["loss"], rel=1e-4)

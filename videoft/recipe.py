@@ -38,6 +38,7 @@ from videoft.engine.distributed import DistInfo, barrier, cleanup_distributed, s
 from videoft.engine.evaluate import predict, summarize
 from videoft.engine.features import cache_features
 from videoft.engine.logger import RunLogger
+from videoft.engine.metrics import cross_entropy
 from videoft.engine.train import (
     EpochResult,
     NonFiniteLossError,
@@ -298,7 +299,7 @@ class FineTuneRecipe:
                 improved = False
                 if self.val_loader is not None and self.should_validate(epoch):
                     metrics = self.validate(epoch)
-                    row.update({f"val_{k}": metrics[k] for k in ("top1", "mean_class_accuracy", "video_top1",
+                    row.update({f"val_{k}": metrics[k] for k in ("loss", "top1", "mean_class_accuracy", "video_top1",
                                                                  "video_mean_class_accuracy")})
                     improved = self.record_best(metrics[cfg.train.best_metric], epoch)
                     logger.confusion(metrics, state.step)
@@ -364,7 +365,12 @@ class FineTuneRecipe:
         return (epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == self.cfg.train.epochs
 
     def validate(self, epoch: int) -> dict:
-        """Precise BN (if configured), then clip- and video-level metrics on the validation split."""
+        """Precise BN (if configured), then clip- and video-level metrics on the validation split.
+
+        `loss` is the mean cross-entropy of the clip-level prediction (the centre clip's centre crop):
+        one clip per video, as in training, but without label smoothing or mixing, so a gap between
+        the two curves that keeps growing is overfitting rather than regularisation.
+        """
         cfg, dist = self.cfg, self.dist
         if cfg.train.precise_bn_batches and not cfg.train.linear_probe:
             self.train_loader.sampler.set_epoch(epoch)  # the epoch's first batches, also after a mid-epoch resume
@@ -376,7 +382,7 @@ class FineTuneRecipe:
                        channels_last=cfg.train.channels_last, show_progress=dist.is_main, desc="validate")
         for path, reason in pred.failures:
             self.state.failures[path] = reason
-        return summarize(pred, self.classes)
+        return {**summarize(pred, self.classes), "loss": cross_entropy(pred.clip_probs, pred.labels)}
 
     def record_best(self, value: float, epoch: int) -> bool:
         """Track the best validation value and early-stopping patience; True when `value` is a new best."""

@@ -31,7 +31,8 @@ class RunLogger:
             return
         parts = [f"epoch {row['epoch']}", f"train loss {row['train_loss']:.4f}", f"acc {row['train_acc']:.3f}"]
         if "val_top1" in row:
-            parts += [f"val top1 {row['val_top1']:.3f}", f"mean-class {row['val_mean_class_accuracy']:.3f}",
+            parts += [f"val loss {row.get('val_loss', math.nan):.4f}", f"val top1 {row['val_top1']:.3f}",
+                      f"mean-class {row['val_mean_class_accuracy']:.3f}",
                       f"video top1 {row['val_video_top1']:.3f}"]
         parts += [f"lr {row['lr']:.2e}", f"{row['clips_per_s']:.1f} clips/s"]
         log.info(" | ".join(parts))
@@ -39,7 +40,10 @@ class RunLogger:
             f.write(json.dumps(row) + "\n")
         if self.writer is not None:
             step = row["step"]
-            self.writer.add_scalars("loss", {"train": row["train_loss"]}, step)
+            loss = {"train": row["train_loss"]}
+            if "val_loss" in row and not math.isnan(row["val_loss"]):
+                loss["val"] = row["val_loss"]
+            self.writer.add_scalars("loss", loss, step)  # one chart: train beside val
             acc = {"train": row["train_acc"]}
             if "val_top1" in row:
                 acc["val"] = row["val_top1"]
@@ -92,7 +96,10 @@ def write_curves(history: list[dict], path: str | Path) -> None:
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    ax_loss.set_title("loss")
+    val_loss = [(r["epoch"], r["val_loss"]) for r in history if not math.isnan(r.get("val_loss", math.nan))]
+    if val_loss:
+        ax_loss.plot([v[0] for v in val_loss], [v[1] for v in val_loss], "s-", label="val (clip)")
+    ax_loss.set_title("loss (cross-entropy)")
     ax_acc.plot(epochs, [r["train_acc"] for r in history], "o-", label="train (clip)")
     val = [(r["epoch"], r["val_top1"], r["val_video_top1"]) for r in history
            if "val_top1" in r and not math.isnan(r["val_top1"])]

@@ -58,6 +58,18 @@ def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(np.mean(rank < k))
 
 
+def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean -log p(true class) of softmax probabilities [N, C] (NaN for N = 0).
+
+    A probability that underflowed to 0 counts as float32's smallest normal value (-log = 87.3).
+    """
+    probs, labels = _check_probs_labels(probs, labels)
+    if not len(labels):
+        return float("nan")
+    true = probs[np.arange(len(labels)), labels]
+    return float(-np.log(np.maximum(true, np.finfo(np.float32).tiny)).mean())
+
+
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
     """Count matrix [C, C] with rows = true class, columns = predicted class."""
     labels = _check_indices(labels, num_classes, "labels")
