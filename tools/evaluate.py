@@ -15,11 +15,16 @@ import logging
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from videoft.choices import DECODERS, EVAL_CROPS
 from videoft.data.dataset import SPLIT_NAMES, VideoSample, load_splits
+from videoft.data.decode import VideoDecodeError
 from videoft.data.loaders import build_eval_loader
+from videoft.data.thumbnails import STRIP_HEIGHT, STRIP_MAX_FRAMES, read_strip
 from videoft.engine.distributed import cleanup_distributed, setup_distributed
 from videoft.engine.evaluate import Predictions, predict, summarize
+from videoft.engine.gallery import GalleryCaps, GalleryItem, render_gallery, select_gallery
 from videoft.engine.report import format_summary, write_report
 from videoft.inference import load_model
 
@@ -40,6 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decoder", choices=DECODERS, default="auto")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0: off)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    caps = GalleryCaps()
+    p.add_argument("--gallery-per-pair", type=int, default=caps.per_pair,
+                   help="report.html: misclassified videos shown per true/predicted pair")
+    p.add_argument("--gallery-max", type=int, default=caps.max_mistakes, help="report.html: mistakes shown in all")
+    p.add_argument("--gallery-correct", type=int, default=caps.correct_per_class,
+                   help="report.html: least confident correct videos shown per class")
+    p.add_argument("--no-gallery", action="store_true", help="report.html without thumbnails")
     return p.parse_args(argv)
 
 
@@ -76,14 +88,37 @@ def build_report(args: argparse.Namespace, pred: Predictions, samples: list[Vide
         "clip_level": metrics["clip_level"], "video_level": metrics["video_level"],
         "views": views, "class_names": classes,
         "per_video": [{"path": samples[i].path, "label": samples[i].label, "class": classes[samples[i].label],
-                       "frame_indices": fi, "crops": args.crops}
+                       "frame_indices": fi, "crops": args.crops,
+                       **({"span": samples[i].span.describe()} if samples[i].span else {})}
                       for i, fi in zip(pred.indices, pred.frame_indices)],
     }
     video_pred = pred.video_probs.argmax(1)
-    predictions = [{"video": samples[i].path, "true": classes[int(t)], "predicted": classes[int(p)],
+    predictions = [{"video": samples[i].describe(), "true": classes[int(t)], "predicted": classes[int(p)],
                     "confidence": round(float(pred.video_probs[k, p]), 6)}
                    for k, (i, t, p) in enumerate(zip(pred.indices, pred.labels, video_pred))]
     return report, predictions
+
+
+def build_gallery(report: dict, predictions: list[dict], args: argparse.Namespace) -> str:
+    """The report's gallery: mistakes and least confident correct videos, each with a strip of the
+    frames the model saw (decoded again here, only for the videos shown)."""
+    caps = GalleryCaps(per_pair=args.gallery_per_pair, max_mistakes=args.gallery_max,
+                       correct_per_class=args.gallery_correct)
+    mistakes, unsure = select_gallery(predictions, caps)
+    items = {"mistake": [], "unsure": []}
+    for kind, k in tqdm([("mistake", k) for k in mistakes] + [("unsure", k) for k in unsure],
+                        desc="gallery", leave=False, dynamic_ncols=True):
+        p, video = predictions[k], report["per_video"][k]
+        item = GalleryItem(kind, p["video"], p["true"], p["predicted"], p["confidence"])
+        try:
+            item.image, item.frames = read_strip(video["path"], video["frame_indices"], backend=args.decoder)
+        except VideoDecodeError as err:
+            item.note = err.reason
+        items[kind].append(item)
+    total = sum(p["true"] != p["predicted"] for p in predictions)
+    note = (f"Each strip shows the centre frame of each clip the model saw (at most {STRIP_MAX_FRAMES} clips), "
+            f"{STRIP_HEIGHT} px high; hover over a strip for its frame numbers.")
+    return render_gallery(items["mistake"], items["unsure"], total_mistakes=total, caps=caps, strip_note=note)
 
 
 def evaluate(args: argparse.Namespace, dist) -> Path | None:
@@ -108,7 +143,8 @@ def evaluate(args: argparse.Namespace, dist) -> Path | None:
                                                           if k not in ("mean", "std")}}
     report, predictions = build_report(args, pred, samples, classes, views)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
-    paths = write_report(out, report=report, class_names=classes, predictions=predictions)
+    gallery = "" if args.no_gallery else build_gallery(report, predictions, args)
+    paths = write_report(out, report=report, class_names=classes, predictions=predictions, gallery_html=gallery)
     print(format_summary(report))
     if pred.failures:
         print(f"\n{len(pred.failures)} video(s) could not be decoded and are excluded (listed in report.json):")

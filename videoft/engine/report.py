@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from videoft.engine.gallery import GALLERY_CSS
+
 # Top-level keys of report.json: expected type(s) and meaning.
 REPORT_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "checkpoint": ((str,), "path of the evaluated checkpoint"),
@@ -329,8 +331,11 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def render_html(report: dict, images: dict[str, Path]) -> str:
-    """The whole report as one self-contained HTML page (all user strings escaped)."""
+def render_html(report: dict, images: dict[str, Path], gallery_html: str = "") -> str:
+    """The whole report as one self-contained HTML page (all user strings escaped).
+
+    gallery_html: the gallery sections (videoft.engine.gallery.render_gallery), placed last.
+    """
     e = html.escape
     views = report["views"]
     pairs = [["true", "predicted", "count", "% of true"]] + [
@@ -341,7 +346,8 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
                       for title, p in images.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Evaluation report</title>
-<style>{_CSS}</style></head><body>
+<style>{_CSS}
+{GALLERY_CSS}</style></head><body>
 <h1>Evaluation report</h1>
 <dl><dt>checkpoint</dt><dd>{e(report['checkpoint'])}</dd>
 <dt>data</dt><dd>{e(report['data'])} (split: {e(report['split'])})</dd>
@@ -355,15 +361,17 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
 {_html_table(pairs, 2) if len(pairs) > 1 else '<p>No confusions.</p>'}
 <h2>Failed videos</h2>
 {_html_table(failed, 2) if len(failed) > 1 else '<p>None.</p>'}
-{figures}</body></html>
+{figures}{gallery_html}
+</body></html>
 """
 
 
 def write_report(out_dir: str | Path, *, report: dict, class_names: Sequence[str],
-                 predictions: list[dict]) -> dict[str, Path]:
+                 predictions: list[dict], gallery_html: str = "") -> dict[str, Path]:
     """Write report.json, CSVs, PNGs and report.html to out_dir; return {file name: path}.
 
     predictions: one {video, true, predicted, confidence} per video, for predictions.csv.
+    gallery_html: the mistakes gallery for report.html (see videoft.engine.gallery).
     """
     problems = validate_report(report)
     if problems:
@@ -402,5 +410,5 @@ def write_report(out_dir: str | Path, *, report: dict, class_names: Sequence[str
     plot_per_class_accuracy(report, paths["per_class_accuracy.png"])
     images = {"Confusion matrix (video level, row-normalised)": paths["confusion_matrix.png"],
               "Per-class accuracy": paths["per_class_accuracy.png"]}
-    paths["report.html"].write_text(render_html(report, images), encoding="utf-8")
+    paths["report.html"].write_text(render_html(report, images, gallery_html), encoding="utf-8")
     return paths
