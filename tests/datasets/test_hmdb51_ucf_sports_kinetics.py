@@ -24,7 +24,8 @@ def rows(path: Path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- HMDB51
 
 HMDB = {  # class -> [(video name as in HMDB51, tag in split 1, 2, 3)]
-    "brush_hair": [("April_09_brush_hair_u_nm_np1_ba_goo_0.avi", "112"), ("Blonde_being_brushed_f_nm_np2_ri_med_1.avi", "221"),
+    "brush_hair": [("April_09_brush_hair_u_nm_np1_ba_goo_0.avi", "112"),
+                   ("Blonde_being_brushed_f_nm_np2_ri_med_1.avi", "221"),
                    ("Aussie_Brushing!_brush_hair_h_cm_np1_le_goo_2.avi", "010")],
     "golf": [("Golf_Swing_(Iron)_golf_f_cm_np1_fr_med_0.avi", "120"), ("golf_drive_golf_u_cm_np1_ba_goo_3.avi", "212"),
              ("Tiger_&_Phil_golf_f_cm_np2_le_bad_1.avi", "001")],

@@ -120,7 +120,8 @@ def test_extracted_folders_and_a_custom_class_list(tmp_path, capsys):
     splits.mkdir()
     (splits / "classInd.txt").write_text("1 Archery\n2 Basketball\n3 ApplyEyeMakeup\n4 HandstandPushups\n")
     for k in (1, 2, 3):
-        (splits / f"trainlist0{k}.txt").write_text("Archery/v_Archery_g22_c01.avi 1\nBasketball/v_Basketball_g22_c01.avi 2\n")
+        (splits / f"trainlist0{k}.txt").write_text(
+            "Archery/v_Archery_g22_c01.avi 1\nBasketball/v_Basketball_g22_c01.avi 2\n")
         (splits / f"testlist0{k}.txt").write_text("Archery/v_Archery_g01_c01.avi\nArchery/v_Archery_g09_c09.avi\n")
     (tmp_path / "mine.txt").write_text("# my classes\nArchery\n")
     recipe = load_recipe("ucf101")
