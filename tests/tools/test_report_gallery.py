@@ -7,8 +7,11 @@ Each shown video is one embedded JPEG: a strip of the centre frame of each of it
 from __future__ import annotations
 
 import base64
+import csv
 import io
+import json
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ from PIL import Image
 from videoft.engine.gallery import GalleryCaps, GalleryItem, render_gallery, select_gallery
 
 from .test_evaluate_tool import run_evaluate
-from .tool_helpers import BRIGHTNESS
+from .tool_helpers import BRIGHTNESS, write_grey_video
 
 PANEL = 76  # the 48x40 grey videos at a 64 px short side are 76x64; panels are separated by 2 px
 
@@ -138,3 +141,28 @@ def test_render_gallery_escapes_and_reports_a_video_that_did_not_decode():
     assert "<b>evil</b>" not in text and "&lt;b&gt;evil&lt;/b&gt;.mp4" in text
     assert 'data-true="say &quot;hi&quot;"' in text and "walk &amp; run" in text
     assert text.count("<img") == 1 and "no frames: file does not exist" in text
+
+
+def test_segments_of_a_recording_are_evaluated_and_shown_from_their_own_frames(controlled_checkpoint, tmp_path):
+    """A list of two segments of one recording (charlie-grey 0-0.8 s, then bravo-grey 0.8-1.6 s): each is
+    evaluated on its own frames, named with its span, and its strip shows its own frames."""
+    write_grey_video(tmp_path / "rec.mp4", [BRIGHTNESS["charlie"]] * 20 + [BRIGHTNESS["bravo"]] * 20)
+    (tmp_path / "segments.csv").write_text("path,label,start,end\nrec.mp4,charlie,0,0.8\nrec.mp4,bravo,0.8,1.6\n")
+    out = tmp_path / "eval"
+    rc, _, _ = run_evaluate([str(controlled_checkpoint), "--data", str(tmp_path / "segments.csv"), "--out", str(out),
+                             "--workers", "0", "--bootstrap", "0"])
+    assert rc == 0
+    with open(out / "predictions.csv", newline="") as f:
+        predictions = {Path(r["video"]).name: r for r in csv.DictReader(f)}
+    assert predictions["rec.mp4 [0-0.8 s]"]["predicted"] == "alpha"  # charlie is taken for alpha
+    assert predictions["rec.mp4 [0.8-1.6 s]"]["predicted"] == "bravo"
+    per_video = json.loads((out / "report.json").read_text())["per_video"]
+    assert [v["span"] for v in per_video] == ["0-0.8 s", "0.8-1.6 s"]
+    assert per_video[0]["frame_indices"] == [[0, 1, 2, 3], [8, 9, 10, 11], [16, 17, 18, 19]]
+    assert per_video[1]["frame_indices"] == [[20, 21, 22, 23], [28, 29, 30, 31], [36, 37, 38, 39]]
+    figures = figures_of((out / "report.html").read_text())
+    mistake = next(f for f in figures if f["kind"] == "mistake")
+    assert (mistake["true"], mistake["predicted"]) == ("charlie", "alpha") and "[0-0.8 s]" in mistake["text"]
+    assert panels(mistake["images"][0]) == pytest.approx([BRIGHTNESS["charlie"]] * 3, abs=3)
+    correct = next(f for f in figures if f["kind"] == "unsure")
+    assert panels(correct["images"][0]) == pytest.approx([BRIGHTNESS["bravo"]] * 3, abs=3)

@@ -227,12 +227,13 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.2, test_fraction: f
 def split_summary(splits: dict[str, list[VideoSample]], classes: Sequence[str]) -> str:
     """A per-class table of split sizes, for the run log."""
     cols = [s for s in SPLIT_NAMES if s in splits]
-    width = max([len(c) for c in classes] + [5])
+    segments = any(s.span is not None for part in splits.values() for s in part)
+    width = max([len(c) for c in classes] + [10 if segments else 5])
     lines = [f"{'class':<{width}} " + " ".join(f"{c:>6}" for c in cols)]
     for i, name in enumerate(classes):
         lines.append(f"{name:<{width}} " + " ".join(f"{sum(s.label == i for s in splits[c]):>6}" for c in cols))
     lines.append(f"{'total':<{width}} " + " ".join(f"{len(splits[c]):>6}" for c in cols))
-    if any(s.span is not None for part in splits.values() for s in part):
+    if segments:
         lines.append(f"{'recordings':<{width}} "
                      + " ".join(f"{len({recording_of(s) for s in splits[c]}):>6}" for c in cols))
         lines.append("(segments of long recordings: all segments of one recording are on one side of the split)")

@@ -294,6 +294,15 @@ def render_clip(cls: str, rng: np.random.Generator, width: int, height: int) -> 
     return frames.astype(np.uint8)
 
 
+def render_idle(rng: np.random.Generator, width: int, height: int, num_frames: int) -> np.ndarray:
+    """A scene with no ball (the pause between actions of a long recording): (T, H, W, 3) uint8."""
+    ground_y = int(round(rng.uniform(0.68, 0.9) * height))
+    bg = np.rint(_background(rng, height, width, ground_y)).astype(np.int16)
+    amp = int(rng.integers(0, 3))
+    noise = rng.integers(-amp, amp + 1, (num_frames, height, width, 1), dtype=np.int16)
+    return np.clip(bg[None] + noise, 0, 255).astype(np.uint8)
+
+
 def clip_rng(seed: int, split: str, cls: str, index: int) -> np.random.Generator:
     """The generator for one video: independent streams per (seed, split, class, index)."""
     return np.random.default_rng([int(seed), _SPLIT_ID.get(split, 9), CLASSES.index(cls), int(index)])
