@@ -46,7 +46,8 @@ def score(predicted: dict, annotations: str | Path, args: argparse.Namespace) ->
                              ignore_labels=args.ignore, min_probability=args.min_probability)
 
 
-def print_scores(result: dict, out=sys.stdout) -> None:
+def print_scores(result: dict, out=None) -> None:
+    out = out or sys.stdout  # looked up at call time: callers may have redirected it
     print(format_timeline_scores(result), file=out)
     for kind, videos in result["unmatched_videos"].items():
         if videos:
