@@ -251,8 +251,8 @@ class VideoReader:
     def _to_array(self, frame: "av.VideoFrame") -> np.ndarray:  # [H, W, C] uint8
         return frame.to_ndarray(format="rgb24", width=self.out_width, height=self.out_height)
 
-    def _frame_numbering(self, container: "av.container.InputContainer",
-                         stream: "av.video.stream.VideoStream") -> _FrameNumbering:
+    def _frame_numbering(self, container: av.container.InputContainer,
+                         stream: av.video.stream.VideoStream) -> _FrameNumbering:
         """Timestamp -> frame index for this stream, anchored on the first frame's own timestamp (the
         container's start time is not always it: an AVI with B-frames starts at pts 1)."""
         if self._numbering is None:
