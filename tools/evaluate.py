@@ -6,7 +6,9 @@
 
 Everything about the model (backbone, clip geometry, normalisation, class names) comes from
 the checkpoint. The data's classes are matched by name. Under torchrun each video is
-evaluated exactly once and the report equals the single-process one.
+evaluated exactly once and the report equals the single-process one. report.html ends with a
+gallery of the mistakes (and of the least confident correct videos): a strip of the frames the
+model saw for each, capped (--gallery-per-pair, --gallery-max, --gallery-correct, --no-gallery).
 """
 from __future__ import annotations
 

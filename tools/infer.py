@@ -95,22 +95,32 @@ def main(argv: list[str] | None = None) -> int:
             for label, prob in result["top"]:
                 print(f"  {prob:6.3f}  {label}")
     if args.csv and csv_rows:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["video", "start", "end", "label", "probability"])
-            writer.writeheader()
-            writer.writerows(csv_rows)
-    if args.annotations and timelines:
-        try:
-            scores = evaluate_timeline.score(timelines, args.annotations, args)
-        except (ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        if args.json:
-            print(json.dumps({"timeline_scores": scores}))
-        else:
-            print()
-            evaluate_timeline.print_scores(scores)
+        write_windows_csv(args.csv, csv_rows)
+    if args.annotations and timelines and score_timelines(args, timelines):
+        return 2
     return 1 if failed else 0
+
+
+def write_windows_csv(path: str, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["video", "start", "end", "label", "probability"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def score_timelines(args: argparse.Namespace, timelines: dict) -> int:
+    """Print the timelines' per-class precision/recall against --annotations; 2 on a bad annotation file."""
+    try:
+        scores = evaluate_timeline.score(timelines, args.annotations, args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"timeline_scores": scores}))
+    else:
+        print()
+        evaluate_timeline.print_scores(scores)
+    return 0
 
 
 if __name__ == "__main__":
