@@ -75,7 +75,8 @@ def test_split_deterministic_per_seed(class_root):
 
 
 def test_group_split_single_group_class_trains_whole():
-    items = [(f"/d/v_x_g01_c{i:02d}.mp4", 0) for i in range(5)] + [(f"/d/v_y_g{g:02d}_c01.mp4", 1) for g in range(1, 11)]
+    items = [(f"/d/v_x_g01_c{i:02d}.mp4", 0) for i in range(5)]
+    items += [(f"/d/v_y_g{g:02d}_c01.mp4", 1) for g in range(1, 11)]
     out = group_split(items, {"val": 0.2}, seed=0)
     assert [s for s in out["val"] if s.label == 0] == []
     assert len([s for s in out["val"] if s.label == 1]) == 2  # 20% of 10 single-clip groups

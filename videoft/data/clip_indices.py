@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 FrameRange = tuple[int, int]  # [first, stop) frame indices of a span
 

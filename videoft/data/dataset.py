@@ -17,9 +17,10 @@ import logging
 import os
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, TypedDict
+from typing import TypedDict
 
 import torch
 from torch.utils.data import Dataset

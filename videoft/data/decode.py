@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Sequence
 
 import numpy as np
 import torch  # imported before decord: its torch bridge would otherwise import torch lazily (~1.3 s)
@@ -248,7 +248,7 @@ class VideoReader:
             got.setdefault(count - 1, self._to_array(last_frame))
         return torch.from_numpy(np.stack([got[min(i, count - 1)] for i in indices]))
 
-    def _to_array(self, frame: "av.VideoFrame") -> np.ndarray:  # [H, W, C] uint8
+    def _to_array(self, frame: av.VideoFrame) -> np.ndarray:  # [H, W, C] uint8
         return frame.to_ndarray(format="rgb24", width=self.out_width, height=self.out_height)
 
     def _frame_numbering(self, container: av.container.InputContainer,

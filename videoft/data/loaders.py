@@ -5,7 +5,8 @@ build their loaders here, so every path decodes, samples and shards videos the s
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader

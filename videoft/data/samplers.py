@@ -7,7 +7,7 @@ as an uninterrupted one (`start` skips what was already trained on).
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler

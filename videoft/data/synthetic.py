@@ -43,10 +43,10 @@ import json
 import multiprocessing
 import os
 import shutil
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Mapping
 
 import av
 import numpy as np

@@ -6,8 +6,9 @@ pytorchvideo.transforms is never imported: it does not import with this torchvis
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torchvision import tv_tensors
