@@ -24,7 +24,8 @@ import warnings
 from pathlib import Path
 
 from videoft.choices import BEST_METRICS
-from videoft.config import ConfigError, load_config, to_dict
+from videoft.config import ConfigError, load_config
+from videoft.sweep.study import PRUNERS, SAMPLERS
 
 log = logging.getLogger("videoft.sweep")
 
@@ -44,10 +45,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--trial-epochs", type=int, default=None, help="train.epochs of every trial")
     p.add_argument("--metric", choices=BEST_METRICS, default=None,
                    help="validation metric to maximise (default: the config's train.best_metric)")
-    p.add_argument("--pruner", default="median", help="median (default) | halving | hyperband | none")
+    p.add_argument("--pruner", default="median", choices=PRUNERS, help="stops hopeless trials early (median)")
     p.add_argument("--prune-startup", type=int, default=3, help="median: complete trials before any pruning")
     p.add_argument("--prune-warmup", type=int, default=1, help="epochs a trial runs before it can be pruned")
-    p.add_argument("--sampler", default="tpe", help="tpe (default) | random")
+    p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="tpe (default) or random search")
     p.add_argument("--seed", type=int, default=None, help="sampler seed (offset by the trials already in the "
                    "study; give each worker of a shared study its own)")
     p.add_argument("--enqueue", action="append", default=[], metavar="K=V,K=V|base",
@@ -77,36 +78,6 @@ def check_sweep_inputs(args: argparse.Namespace, cfg, space) -> list[str]:
     return problems
 
 
-def parse_enqueue(spec: str, cfg, space) -> dict:
-    """'k=v,k=v' (values as YAML) or 'base' -> config values of searched keys; ValueError when invalid."""
-    import yaml
-
-    from videoft.config import to_dict as flat
-
-    if spec == "base":
-        d = flat(cfg)
-        values = {}
-        for key in space.keys:
-            node = d
-            for part in key.split("."):
-                node = node[part]
-            values[key] = node
-    else:
-        values = {}
-        for item in filter(None, (s.strip() for s in spec.split(","))):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--enqueue {spec!r}: {item!r} is not key=value")
-            values[key.strip()] = yaml.safe_load(value)
-    by_key = {p.key: p for p in space.params}
-    values = {k: by_key[k].coerce(v) if k in by_key else v for k, v in values.items()}
-    bad = [f"{k}={v!r} ({'not searched' if k not in by_key else by_key[k].describe()})"
-           for k, v in values.items() if k not in by_key or not by_key[k].contains(v)]
-    if bad:
-        raise ValueError(f"--enqueue {spec!r}: outside the space: {'; '.join(bad)}")
-    return values
-
-
 def setup_logging(sweep_dir: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True,
                         handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(sweep_dir / "sweep.log")])
@@ -114,16 +85,6 @@ def setup_logging(sweep_dir: Path) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened to each trial
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-def claim_folder(sweep_dir: Path, study: str, storage: str) -> None:
-    """One study per sweep folder (trial folders are numbered per study)."""
-    marker = sweep_dir / "study.txt"
-    line = f"{study} {storage}\n"
-    if marker.is_file() and marker.read_text() != line:
-        raise ValueError(f"{sweep_dir} holds study {marker.read_text().strip()!r}; give another --out for "
-                         f"study {study!r} in {storage}")
-    marker.write_text(line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = check_sweep_inputs(args, cfg, space)
         if problems:
             raise ConfigError(problems)
-        enqueued = [parse_enqueue(spec, cfg, space) for spec in args.enqueue]
+        enqueued = [space.values_from(spec, cfg) for spec in args.enqueue]
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -157,9 +118,8 @@ def run_sweep(args: argparse.Namespace, cfg, space, enqueued: list[dict], sweep_
 
     url = args.storage or st.default_storage(sweep_dir)
     name = args.study or sweep_dir.resolve().name
-    claim_folder(sweep_dir, name, url)
-    definition = {"config": {k: v for k, v in to_dict(cfg).items() if k not in ("out_dir", "resume")},
-                  "space": space.as_dict(), "metric": cfg.train.best_metric}
+    st.claim_folder(sweep_dir, name, url)
+    definition = {"config": st.study_config(cfg), "space": space.as_dict(), "metric": cfg.train.best_metric}
     study = st.open_study(
         st.open_storage(url, heartbeat_s=args.heartbeat), name, definition=definition,
         sampler=st.build_sampler(args.sampler, seed=None, trials=args.trials),
@@ -171,6 +131,8 @@ def run_sweep(args: argparse.Namespace, cfg, space, enqueued: list[dict], sweep_
     st.recover_interrupted(study)
     for values in enqueued:
         study.enqueue_trial(space.to_optuna_params(values), skip_if_exists=True)
+    if args.timeout and not args.trial_minutes:
+        log.info("no --trial-minutes: a trial may use all that is left of --timeout")
     done, running = st.count_done(study), st.count_running(study)
     todo = max(0, args.trials - done - running)
     log.info("study %s in %s: %d of %d trials done, %d running elsewhere: %d to run here", name, url, done,

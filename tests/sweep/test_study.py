@@ -76,7 +76,7 @@ def test_a_study_made_for_another_sweep_is_refused(tmp_path):
     kwargs = {"sampler": optuna.samplers.RandomSampler(), "pruner": optuna.pruners.NopPruner()}
     st.open_study(storage, "s", definition={"space": {"a": 1}, "metric": "top1"}, **kwargs)
     st.open_study(storage, "s", definition={"space": {"a": 1}, "metric": "top1"}, **kwargs)  # a restart: fine
-    with pytest.raises(ValueError, match="created for another sweep .space differ"):
+    with pytest.raises(ValueError, match=r"created for another sweep \(space.a: 1 -> 2\)"):
         st.open_study(storage, "s", definition={"space": {"a": 2}, "metric": "top1"}, **kwargs)
 
 

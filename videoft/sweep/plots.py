@@ -97,8 +97,10 @@ def plot_curves(view: SweepView, path: Path) -> Path:
             ax.plot(epochs, values, "x--", color=_PRUNED, linewidth=1)
         else:
             ax.plot(epochs, values, ".-", color=_COMPLETE, linewidth=1, alpha=0.7)
-    ax.plot([], [], "x--", color=_PRUNED, label="pruned")
-    ax.plot([], [], ".-", color=_COMPLETE, label="other trials")
+    if any(t.state == TrialState.PRUNED and t.intermediate_values for t in view.trials):
+        ax.plot([], [], "x--", color=_PRUNED, label="pruned")
+    if any(t.number != best and t.state != TrialState.PRUNED and t.intermediate_values for t in view.trials):
+        ax.plot([], [], ".-", color=_COMPLETE, label="other trials")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"validation {view.settings.metric}")
     ax.set_title("Validation curves")
@@ -123,7 +125,8 @@ def plot_importance(importances: dict[str, float], path: Path, complete_trials: 
         ax.text(importances[n], i, f" {importances[n]:.2f}", va="center", fontsize=8)
     ax.set_xlim(0, max(importances.values()) * 1.15 or 1.0)
     ax.set_xlabel("importance (PED-ANOVA, sums to 1)")
-    ax.set_title(f"Parameter importance (from {complete_trials} complete trials)")
+    rough = "; rough below ~10" if complete_trials < 10 else ""
+    ax.set_title(f"Parameter importance (from {complete_trials} complete trials{rough})")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -168,10 +171,15 @@ def _param_axis(ax, p: Param) -> None:
         ax.set_xlim(-0.5, len(labels) - 0.5)
         return
     if p.log:
+        from matplotlib.ticker import LogLocator, NullFormatter
+
         ax.set_xscale("log")
         ax.set_xlim(p.low / 1.2, p.high * 1.2)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 3.0)))  # 1e-4, 3e-4, 1e-3, ...
+        ax.xaxis.set_minor_formatter(NullFormatter())
     else:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=p.kind == "int"))
         margin = 0.05 * (p.high - p.low)
         ax.set_xlim(p.low - margin, p.high + margin)
-    if p.kind == "int":
-        ax.xaxis.get_major_locator().set_params(integer=True)

@@ -24,7 +24,7 @@ from typing import Any
 import optuna
 import yaml
 
-from videoft.config import Config, ConfigError, load_config
+from videoft.config import Config, ConfigError, load_config, to_dict
 
 SPEC_KEYS = ("low", "high", "log", "step", "choices")
 RESERVED_KEYS = ("out_dir", "resume")  # the sweep sets them for each trial
@@ -103,11 +103,36 @@ class SearchSpace:
         by_key = {p.key: p for p in self.params}
         return {k: _encode(v) if by_key[k].kind == "choices" else v for k, v in values.items()}
 
+    def values_from(self, spec: str, cfg: Config) -> dict[str, Any]:
+        """`k=v,k=v` (values as YAML) or `base` (the base config's values) -> values of searched keys, checked."""
+        if spec == "base":
+            values = {key: _get(to_dict(cfg), key) for key in self.keys}
+        else:
+            values = {}
+            for item in filter(None, (s.strip() for s in spec.split(","))):
+                key, sep, value = item.partition("=")
+                if not sep:
+                    raise ValueError(f"--enqueue {spec!r}: {item!r} is not key=value")
+                values[key.strip()] = yaml.safe_load(value)
+        by_key = {p.key: p for p in self.params}
+        values = {k: by_key[k].coerce(v) if k in by_key else v for k, v in values.items()}
+        bad = [f"{k}={v!r} ({'not searched' if k not in by_key else by_key[k].describe()})"
+               for k, v in values.items() if k not in by_key or not by_key[k].contains(v)]
+        if bad:
+            raise ValueError(f"--enqueue {spec!r}: outside the space: {'; '.join(bad)}")
+        return values
+
     def as_dict(self) -> dict:
         """Plain form, stored with the study so a restart can check it searches the same space."""
         plain = {p.key: {k: v for k, v in dataclasses.asdict(p).items()
                          if k != "key" and v is not None and v is not False and v != ()} for p in self.params}
         return json.loads(json.dumps(plain))  # tuples -> lists: equal to what the storage gives back
+
+
+def _get(d: dict, key: str) -> Any:
+    for part in key.split("."):
+        d = d[part]
+    return d
 
 
 def overrides_for(values: dict[str, Any]) -> list[str]:

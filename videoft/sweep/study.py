@@ -23,6 +23,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from videoft.config import Config, to_dict
+
 log = logging.getLogger("videoft.sweep")
 
 PRUNERS = ("median", "halving", "hyperband", "none")
@@ -56,6 +58,8 @@ def open_storage(url: str, *, heartbeat_s: int = 60) -> optuna.storages.BaseStor
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s or None,
                     grace_period=2 * heartbeat_s if heartbeat_s else None, heartbeat_stale_trial_callback=_retry_stale)
+        except ImportError as err:  # e.g. postgresql:// without psycopg2
+            raise ValueError(f"--storage {url}: {err} (install the driver SQLAlchemy names for it)") from None
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
             # workers started together on a new database race to create its tables: the loser finds them made
             if attempt == 2:
@@ -88,6 +92,32 @@ def build_pruner(name: str, *, startup_trials: int, warmup_epochs: int, max_epoc
     raise ValueError(f"--pruner {name!r} is not one of {list(PRUNERS)}")
 
 
+# set per trial, or about this machine rather than the result: a restart elsewhere may change them
+NOT_PART_OF_THE_STUDY = ("out_dir", "resume", "data.num_workers", "data.decoder", "train.threads", "model.model_dir")
+
+
+def study_config(cfg: Config) -> dict:
+    """The base config as stored with the study (a restart must search from the same one)."""
+    d = to_dict(cfg)
+    for key in NOT_PART_OF_THE_STUDY:
+        *sections, leaf = key.split(".")
+        node = d
+        for section in sections:
+            node = node[section]
+        node.pop(leaf)
+    return d
+
+
+def claim_folder(sweep_dir: Path, study: str, storage: str) -> None:
+    """One study per sweep folder (trial folders are numbered per study)."""
+    marker = sweep_dir / "study.txt"
+    line = f"{study} {storage}\n"
+    if marker.is_file() and marker.read_text() != line:
+        raise ValueError(f"{sweep_dir} holds study {marker.read_text().strip()!r}; give another --out for "
+                         f"study {study!r} in {storage}")
+    marker.write_text(line)
+
+
 def open_study(storage: optuna.storages.BaseStorage, name: str, *, definition: dict,
                sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner) -> optuna.Study:
     """Create the study or load it (a restart, another worker), refusing one made for a different sweep."""
@@ -97,10 +127,23 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, *, definition: d
     if stored is None:
         study.set_user_attr("videoft_sweep", definition)
     elif stored != definition:
-        changed = sorted(k for k in set(stored) | set(definition) if stored.get(k) != definition.get(k))
-        raise ValueError(f"study {name!r} was created for another sweep ({', '.join(changed)} differ); "
-                         "continue it with the same config, overrides and space, or give a new --study")
+        old, new = _flat(stored), _flat(definition)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
+        raise ValueError(f"study {name!r} was created for another sweep ({shown}{', ...' if len(changed) > 6 else ''})"
+                         "; continue it with the same config, overrides and space, or give a new --study")
     return study
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested dicts as {dotted.key: value}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 # ---- counting and recovery ------------------------------------------------------------------------------
