@@ -75,6 +75,13 @@ class Objective:
         self.s, self.space = settings, space
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self.run_trial(trial)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: not the trial's fault, so it is retried on the next start
+            trial.set_user_attr("interrupted", True)
+            raise
+
+    def run_trial(self, trial: optuna.Trial) -> float:
         s = self.s
         values = self.space.suggest(trial)
         out_dir = s.trial_dir(trial.number)
@@ -90,11 +97,7 @@ class Objective:
         budget = self.budget_s()
         out_dir.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
-        try:
-            watch = self.run_process(trial, overrides + resume, out_dir, budget, Watch(values=carried))
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)  # not the trial's fault: retried on the next start
-            raise
+        watch = self.run_process(trial, overrides + resume, out_dir, budget, Watch(values=carried))
         trial.set_user_attr("minutes", round((time.monotonic() - start) / 60, 2))
         return self.outcome(trial, watch, out_dir)
 
@@ -124,10 +127,11 @@ class Objective:
         s = self.s
         cmd = [s.python, "-m", "videoft.sweep.trial", s.config, *overrides, "--parent-pid", str(os.getpid())]
         if budget is not None:
-            cmd += ["--time-budget", f"{budget:.0f}"]
+            cmd += ["--time-budget", f"{budget:.1f}"]
         hard_limit = None if budget is None else budget + max(60.0, 0.25 * budget)
         log.info("trial %d: %s", trial.number, " ".join(overrides_for(trial.params)) or "(no parameters)")
         with open(out_dir / "console.log", "ab") as console:
+            # from the main thread: the trial's parent-death signal fires when the thread that started it ends
             proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             return self.watch(trial, proc, _Rows(out_dir / "metrics.jsonl"), hard_limit, found)
