@@ -93,6 +93,7 @@ class Objective:
             load_config(s.config, overrides)
         except ConfigError as err:
             raise _fail(trial, "ConfigError: " + "; ".join(err.problems)) from None
+        log.info("trial %d: %s", trial.number, " ".join(overrides_for(values)) or "(no parameters)")
         resume, carried = self.resume_retry(trial)
         budget = self.budget_s()
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +130,6 @@ class Objective:
         if budget is not None:
             cmd += ["--time-budget", f"{budget:.1f}"]
         hard_limit = None if budget is None else budget + max(60.0, 0.25 * budget)
-        log.info("trial %d: %s", trial.number, " ".join(overrides_for(trial.params)) or "(no parameters)")
         with open(out_dir / "console.log", "ab") as console:
             # from the main thread: the trial's parent-death signal fires when the thread that started it ends
             proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
