@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,14 @@ from videoft.data.loaders import build_eval_loader, build_train_loader
 from videoft.data.segments import audit_spans
 from videoft.data.transforms import Preprocessing
 from videoft.engine.checkpoint import rng_state, set_rng_state
-from videoft.engine.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed, sync_bn_stats
+from videoft.engine.distributed import (
+    DistInfo,
+    all_gather_objects,
+    barrier,
+    cleanup_distributed,
+    setup_distributed,
+    sync_bn_stats,
+)
 from videoft.engine.evaluate import predict, summarize
 from videoft.engine.features import cache_features
 from videoft.engine.logger import RunLogger
@@ -53,6 +61,7 @@ from videoft.models.classifier import VideoClassifier, build_classifier
 from videoft.models.freezing import UnfreezeSchedule, freeze_stages, param_groups
 
 log = logging.getLogger("videoft")
+EpochHook = Callable[[dict], bool]  # per-epoch callback of FineTuneRecipe.fit: history row in, "stop now?" out
 
 def resolve_preprocessing(cfg: Config, spec: BackboneSpec) -> Preprocessing:
     """The backbone's clip geometry and normalisation, overridden key by key by the config's data section."""
@@ -288,8 +297,12 @@ class FineTuneRecipe:
             module, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None)
 
     # ---- training ---------------------------------------------------------------------------------------
-    def fit(self) -> dict:
-        """Train the remaining epochs (validate, checkpoint, stop early); returns the summary."""
+    def fit(self, on_epoch_end: EpochHook | None = None) -> dict:
+        """Train the remaining epochs (validate, checkpoint, stop early); returns the summary.
+
+        `on_epoch_end(row)` runs after each epoch's checkpoint with its history row (validation metrics
+        included); True stops the run there, like early stopping (a sweep's time budget uses it).
+        """
         cfg, state = self.cfg, self.state
         logger = RunLogger(self.out_dir, self.classes, enabled=self.dist.is_main)
         try:
@@ -309,7 +322,7 @@ class FineTuneRecipe:
                 self.save("last.pt")
                 if improved:
                     self.save("best.pt")
-                if self.should_stop_early(epoch):
+                if self.should_stop_early(epoch) or self.hook_says_stop(on_epoch_end, row):
                     break
         except NonFiniteLossError as err:
             log.error("%s", err)
@@ -403,6 +416,16 @@ class FineTuneRecipe:
         state.stopped_early = True
         return True
 
+    def hook_says_stop(self, on_epoch_end: EpochHook | None, row: dict) -> bool:
+        """Ask the caller's per-epoch hook; rank 0's answer holds on every rank (a clock differs per rank)."""
+        if on_epoch_end is None:
+            return False
+        stop = all_gather_objects(bool(on_epoch_end(row)))[0]
+        if stop and self.state.epoch < self.cfg.train.epochs:
+            log.info("stopped after epoch %d by the caller (on_epoch_end)", self.state.epoch)
+            self.state.stopped_early = True
+        return stop
+
     def checkpoint(self) -> RunCheckpoint:
         """The run as it stands: weights, what inference needs, and the training state."""
         s = self.state
@@ -437,8 +460,10 @@ class FineTuneRecipe:
         return summary
 
 
-def run(cfg: Config) -> dict:
-    """Train and validate as configured; returns the final summary (best metric, paths)."""
+def run(cfg: Config, on_epoch_end: EpochHook | None = None) -> dict:
+    """Train and validate as configured; returns the final summary (best metric, paths).
+
+    `on_epoch_end`: see `FineTuneRecipe.fit`."""
     dist = setup_distributed()
     out_dir = Path(cfg.out_dir)
     if dist.is_main:
@@ -448,6 +473,6 @@ def run(cfg: Config) -> dict:
     try:
         recipe = FineTuneRecipe(cfg, dist, out_dir)
         recipe.setup()
-        return recipe.fit()
+        return recipe.fit(on_epoch_end)
     finally:
         cleanup_distributed()
