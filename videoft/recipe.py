@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,14 @@ from videoft.data.dataset import load_splits, split_summary
 from videoft.data.loaders import build_eval_loader, build_train_loader
 from videoft.data.transforms import Preprocessing
 from videoft.engine.checkpoint import rng_state, set_rng_state
-from videoft.engine.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed, sync_bn_stats
+from videoft.engine.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_from_main,
+    cleanup_distributed,
+    setup_distributed,
+    sync_bn_stats,
+)
 from videoft.engine.evaluate import predict, summarize
 from videoft.engine.features import cache_features
 from videoft.engine.logger import RunLogger
@@ -42,6 +50,7 @@ from videoft.engine.train import (
     NonFiniteLossError,
     StepOptions,
     amp_dtype_for,
+    configure_determinism,
     lr_factor_at,
     recompute_bn_stats,
     train_one_epoch,
@@ -51,6 +60,7 @@ from videoft.models.classifier import VideoClassifier, build_classifier
 from videoft.models.freezing import UnfreezeSchedule, freeze_stages, param_groups
 
 log = logging.getLogger("videoft")
+DETAILED_METRICS = ("clip_level", "video_level")  # per-class tables: rank 0 only (the logger's confusion matrix)
 
 def resolve_preprocessing(cfg: Config, spec: BackboneSpec) -> Preprocessing:
     """The backbone's clip geometry and normalisation, overridden key by key by the config's data section."""
@@ -129,8 +139,7 @@ class FineTuneRecipe:
         if self.cfg.train.threads:
             torch.set_num_threads(self.cfg.train.threads)
         seed_everything(self.cfg.seed)
-        if self.cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        configure_determinism(self.cfg.train.deterministic)
 
     def setup_data(self) -> None:
         """Backbone spec, preprocessing, splits and classes; rank 0 writes config/classes/splits."""
@@ -146,9 +155,9 @@ class FineTuneRecipe:
                              f"the number of processes {dist.world_size}")
         log.info("data %s: %d classes\n%s", cfg.data.root, len(self.classes),
                  split_summary(self.splits, self.classes))
-        log.info("backbone %s, clip %d frames x stride %d, crop %d (short side %d), %d process(es) on %s",
+        log.info("backbone %s, clip %d frames x stride %d, crop %d (short side %d), %d process(es) on %s, %s",
                  self.spec.name, self.pre.clip_len, self.pre.frame_stride, self.pre.crop_size, self.pre.short_side,
-                 dist.world_size, dist.device)
+                 dist.world_size, dist.device, f"backend {dist.backend}" if dist.backend else "no process group")
         if dist.is_main:
             dump_config(cfg, self.out_dir / "config.yaml")
             (self.out_dir / "classes.txt").write_text("\n".join(self.classes) + "\n")
@@ -190,24 +199,27 @@ class FineTuneRecipe:
         cfg, dist, d = self.cfg, self.dist, self.cfg.data
         per_rank_batch = d.batch_size // dist.world_size
         probe_views = (d.eval_clips, d.eval_crops) if cfg.train.linear_probe else None
+        workers = {"num_workers": d.num_workers, "persistent_workers": d.persistent_workers,
+                   "prefetch_factor": d.prefetch_factor, "rank": dist.rank, "world_size": dist.world_size,
+                   "device": dist.device, "backend": d.decoder}
         self.train_loader = build_train_loader(
-            self.splits["train"], self.pre, batch_size=per_rank_batch, num_workers=d.num_workers, seed=cfg.seed,
-            rank=dist.rank, world_size=dist.world_size, device=dist.device, backend=d.decoder, hflip=d.hflip,
-            scale_jitter=d.scale_jitter, balanced=d.balanced_sampler, fixed_views=probe_views)
+            self.splits["train"], self.pre, batch_size=per_rank_batch, seed=cfg.seed, hflip=d.hflip,
+            scale_jitter=d.scale_jitter, balanced=d.balanced_sampler, fixed_views=probe_views, **workers)
         self.val_loader = None
         if self.splits.get("val"):
             self.val_loader = build_eval_loader(
                 self.splits["val"], self.pre, num_clips=d.eval_clips, num_crops=d.eval_crops,
-                batch_size=max(1, per_rank_batch // 2), num_workers=d.num_workers, rank=dist.rank,
-                world_size=dist.world_size, device=dist.device, backend=d.decoder, seed=cfg.seed)
+                batch_size=max(1, per_rank_batch // 2), seed=cfg.seed, **workers)
         if cfg.train.linear_probe and cfg.train.cache_features:
-            self.train_loader, failures = cache_features(self.raw_model.backbone, self.train_loader, dist,
-                                                         self.amp_dtype)
+            self.train_loader, failures = cache_features(
+                self.raw_model.backbone, self.train_loader, dist, self.out_dir / "feature_cache",
+                amp_dtype=self.amp_dtype, ram_limit_mb=cfg.train.feature_cache_ram_mb)
             self.state.failures.update(failures)
 
     def setup_lr_schedule(self) -> None:
         """Steps per epoch, warm-up + cosine length, and the per-step options (loss, AMP, accumulation)."""
         cfg, o = self.cfg, self.cfg.optim
+        # the optimizer steps an epoch really takes: a last, partial accumulation window is stepped too
         steps_per_epoch = math.ceil(len(self.train_loader) / o.accum_steps)
         if cfg.train.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
@@ -323,8 +335,8 @@ class FineTuneRecipe:
     def train_epoch(self, epoch: int) -> dict:
         """One epoch (continuing mid-epoch after a resume); returns its history row."""
         cfg, state, loader = self.cfg, self.state, self.train_loader
+        # the epoch reaches the (persistent) workers with every index: TrainSampler yields (index, epoch)
         loader.sampler.set_epoch(epoch, start=state.epoch_step * cfg.optim.accum_steps * loader.batch_size)
-        loader.dataset.set_epoch(epoch)
         loader.generator.manual_seed(cfg.seed * 7919 + epoch)
         epoch_start_step = state.step - state.epoch_step
 
@@ -357,7 +369,11 @@ class FineTuneRecipe:
         return (epoch + 1) % self.cfg.train.eval_every == 0 or epoch + 1 == self.cfg.train.epochs
 
     def validate(self, epoch: int) -> dict:
-        """Precise BN (if configured), then clip- and video-level metrics on the validation split."""
+        """Precise BN (if configured), then clip- and video-level metrics on the validation split.
+
+        The predictions reach rank 0 only; rank 0 computes the metrics and sends every rank the
+        scalars that decisions depend on (best checkpoint, early stopping), so all ranks decide alike.
+        """
         cfg, dist = self.cfg, self.dist
         if cfg.train.precise_bn_batches and not cfg.train.linear_probe:
             self.train_loader.sampler.set_epoch(epoch)  # the epoch's first batches, also after a mid-epoch resume
@@ -367,9 +383,13 @@ class FineTuneRecipe:
         pred = predict(self.raw_model, self.val_loader, device=dist.device, num_clips=cfg.data.eval_clips,
                        num_crops=cfg.data.eval_crops, amp_dtype=self.amp_dtype,
                        channels_last=cfg.train.channels_last, show_progress=dist.is_main, desc="validate")
-        for path, reason in pred.failures:
-            self.state.failures[path] = reason
-        return summarize(pred, self.classes)
+        metrics = None
+        if pred is not None:
+            for path, reason in pred.failures:
+                self.state.failures[path] = reason
+            metrics = summarize(pred, self.classes)
+        scalars = broadcast_from_main({k: v for k, v in (metrics or {}).items() if k not in DETAILED_METRICS})
+        return metrics if metrics is not None else scalars
 
     def record_best(self, value: float, epoch: int) -> bool:
         """Track the best validation value and early-stopping patience; True when `value` is a new best."""
@@ -420,7 +440,9 @@ class FineTuneRecipe:
                    "skipped_videos": len(state.failures), "history": state.history}
         if self.dist.is_main:
             (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        barrier()
+        barrier()  # every rank is done with the feature cache
+        if self.dist.is_main:
+            shutil.rmtree(out / "feature_cache", ignore_errors=True)
         return summary
 
 

@@ -2,7 +2,8 @@
 
 Every video gives `clips x crops` views, batched through the model together. The
 clip-level prediction is the view nearest the video's centre (centre clip, centre
-crop); the video-level prediction averages the softmax of all views.
+crop); the video-level prediction averages the softmax of all views. Under DDP each
+rank predicts its shard and the predictions are gathered on rank 0 only.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from videoft.engine.distributed import merge_from_ranks
+from videoft.engine.distributed import gather_to_main
 from videoft.engine.metrics import compute_metrics
 
 
@@ -61,33 +62,69 @@ def forward_views(model: torch.nn.Module, video: torch.Tensor, *, device: torch.
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader, *, device: torch.device, num_clips: int, num_crops: int,
             amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-            show_progress: bool = True, desc: str = "eval", max_views_per_forward: int = 64) -> Predictions:
-    """Run every view of every video in `loader` (sharded by rank) and gather on all ranks."""
+            show_progress: bool = True, desc: str = "eval", max_views_per_forward: int = 64) -> Predictions | None:
+    """Run every view of every video in `loader` (sharded by rank); the predictions of all ranks
+    on rank 0, None on the other ranks."""
     model.eval()
-    local: dict[int, tuple] = {}
-    failures = []
+    part = _Shard()
     for batch in tqdm(loader, desc=desc, disable=not show_progress, leave=False, dynamic_ncols=True):
-        failures += batch["failures"]
+        part.failures += batch["failures"]
         valid = batch["valid"]
         if not valid.any():
             continue
         probs = forward_views(model, batch["video"][valid], device=device, amp_dtype=amp_dtype,
                               channels_last=channels_last, chunk=max_views_per_forward).softmax(-1).numpy()
         rows = [i for i, ok in enumerate(valid.tolist()) if ok]
-        for k, row in enumerate(rows):
-            local[int(batch["index"][row])] = (int(batch["label"][row]), probs[k], batch["frame_indices"][row])
-    merged, all_failures = merge_from_ranks(local, failures)
-    order = sorted(merged)
-    num_classes = _num_classes(model)
-    return Predictions(
-        indices=order,
-        labels=np.array([merged[i][0] for i in order], dtype=np.int64),
-        view_probs=np.stack([merged[i][1] for i in order]) if order
-        else np.zeros((0, num_clips * num_crops, num_classes), np.float32),
-        frame_indices=[merged[i][2] for i in order],
-        failures=all_failures,
-        centre_view=centre_view_index(num_clips, num_crops),
-    )
+        part.add([int(batch["index"][r]) for r in rows], [int(batch["label"][r]) for r in rows], probs,
+                 [batch["frame_indices"][r] for r in rows])
+    parts = gather_to_main(part.packed())
+    if parts is None:
+        return None
+    return _merge(parts, num_views=num_clips * num_crops, num_classes=_num_classes(model),
+                  centre_view=centre_view_index(num_clips, num_crops))
+
+
+@dataclass
+class _Shard:
+    """One rank's predictions, kept as arrays (compact to send: no per-video Python objects)."""
+
+    indices: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    probs: list[np.ndarray] = field(default_factory=list)  # per batch [b, V, C]
+    frame_indices: list = field(default_factory=list)
+    failures: list = field(default_factory=list)
+
+    def add(self, indices: list[int], labels: list[int], probs: np.ndarray, frame_indices: list) -> None:
+        self.indices += indices
+        self.labels += labels
+        self.probs.append(probs)
+        self.frame_indices += frame_indices
+
+    def packed(self) -> tuple:
+        probs = np.concatenate(self.probs) if self.probs else None
+        return (np.asarray(self.indices, np.int64), np.asarray(self.labels, np.int64), probs, self.frame_indices,
+                self.failures)
+
+
+def _merge(parts: list[tuple], *, num_views: int, num_classes: int, centre_view: int) -> Predictions:
+    """Every rank's shard in dataset-index order, filled into one preallocated [N, V, C] array."""
+    order = np.sort(np.concatenate([p[0] for p in parts]))
+    shape = next((p[2].shape[1:] for p in parts if p[2] is not None), (num_views, num_classes))
+    view_probs = np.empty((len(order), *shape), np.float32)
+    labels = np.empty(len(order), np.int64)
+    frame_indices: list = [None] * len(order)
+    failures: list = []
+    for k, (indices, part_labels, probs, frames, fails) in enumerate(parts):
+        pos = np.searchsorted(order, indices)
+        if probs is not None:
+            view_probs[pos] = probs
+        labels[pos] = part_labels
+        for p, f in zip(pos.tolist(), frames):
+            frame_indices[p] = f
+        failures += fails
+        parts[k] = None  # free each rank's copy as soon as it is merged
+    return Predictions(indices=order.tolist(), labels=labels, view_probs=view_probs, frame_indices=frame_indices,
+                       failures=sorted(failures), centre_view=centre_view)
 
 
 def summarize(pred: Predictions, class_names: list[str], *, n_boot: int = 0) -> dict:
