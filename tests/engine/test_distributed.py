@@ -16,7 +16,7 @@ from videoft.engine.distributed import (
     gather_to_main,
     setup_distributed,
 )
-from videoft.engine.evaluate import _merge
+from videoft.engine.evaluate import _Merged
 
 
 @pytest.fixture
@@ -59,15 +59,34 @@ def test_world_size_without_a_rendezvous_is_a_clear_error(no_torchrun_env):
         setup_distributed("cpu")
 
 
-def test_merge_orders_every_ranks_shard_by_dataset_index():
-    """Rank 0 took videos 0, 2, 4 (4 failed to decode), rank 1 videos 1, 3; 2 views, 3 classes."""
+def test_rank0_fills_every_ranks_rows_in_dataset_order_round_by_round():
+    """Rank 0 took videos 0, 2, 4 (4 failed to decode), rank 1 videos 1, 3; 2 views, 3 classes; one video per
+    rank per round."""
     probs = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
-    rank0 = (np.array([0, 2]), np.array([1, 0]), probs[[0, 2]], [[[0]], [[2]]], [("v4.mp4", "broken")])
-    rank1 = (np.array([1, 3]), np.array([2, 2]), probs[[1, 3]], [[[1]], [[3]]], [])
-    pred = _merge([rank0, rank1], num_views=2, num_classes=3, centre_view=1)
-    assert pred.indices == [0, 1, 2, 3]
+    meta = [(np.array([0, 2]), np.array([1, 0]), (2, 3), [("v4.mp4", "broken")]),
+            (np.array([1, 3]), np.array([2, 2]), (2, 3), [])]
+    merged = _Merged(meta, (2, 3), centre_view=1)
+    row_bytes = 2 * 3 * 4
+    assert merged.plan(2 * row_bytes) == (1, 2)  # 1 video per rank per round, 2 rounds
+    assert merged.plan(100 * row_bytes) == (50, 1)
+    for start in (0, 1):
+        merged.fill([(probs[[0, 2]][start:start + 1], [[[0]], [[2]]][start:start + 1]),
+                     (probs[[1, 3]][start:start + 1], [[[1]], [[3]]][start:start + 1])], start=start)
+    pred = merged.predictions()
+    assert pred.indices == [0, 1, 2, 3] and pred.centre_view == 1
     assert np.array_equal(pred.view_probs, probs[:4]) and pred.labels.tolist() == [1, 2, 0, 2]
     assert pred.frame_indices == [[[0]], [[1]], [[2]], [[3]]] and pred.failures == [("v4.mp4", "broken")]
-    empty = _merge([(np.array([], np.int64), np.array([], np.int64), None, [], [])] * 2, num_views=2,
-                   num_classes=3, centre_view=1)
-    assert empty.view_probs.shape == (0, 2, 3) and empty.indices == []
+    empty = _Merged([(np.array([], np.int64), np.array([], np.int64), None, [])] * 2, (2, 3), 1)
+    assert empty.plan(1000)[1] == 0 and empty.predictions().view_probs.shape == (0, 2, 3)
+
+
+def test_shard_rows_cross_batch_boundaries():
+    from videoft.engine.evaluate import _Shard
+
+    part = _Shard()
+    for start, n in ((0, 3), (3, 1), (4, 2)):
+        part.add(list(range(start, start + n)), [0] * n, np.arange(start, start + n, dtype=np.float32)[:, None, None],
+                 [None] * n)
+    assert [part.probs_rows(a, b).ravel().tolist() for a, b in ((0, 2), (2, 5), (5, 9), (6, 8))] == \
+        [[0, 1], [2, 3, 4], [5], []]
+    assert _Shard().probs_rows(0, 4) is None

@@ -38,6 +38,7 @@ def write_feature_shard(backbone: torch.nn.Module, loader, path: str | Path, *, 
     """Features [V, D] of every decodable video of `loader` (at most `num_videos`), written batch by batch
     to `path`.npy (float32 [num_videos, V, D]), their dataset indices to `path`.index.npy; returns the failures."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     was_training = backbone.training
     backbone.eval()
     data: np.memmap | None = None
