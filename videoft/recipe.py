@@ -193,6 +193,8 @@ class FineTuneRecipe:
         self.amp_dtype = amp_dtype_for(self.cfg.train.amp, self.dist.device)
         if self.amp_dtype == torch.float16:
             self.scaler = torch.amp.GradScaler(self.dist.device.type)
+        log.info("precision: %s%s", f"{self.amp_dtype} autocast" if self.amp_dtype else "fp32",
+                 ", channels_last_3d" if self.cfg.train.channels_last else "")
 
     def setup_loaders(self) -> None:
         """Training loader (linear probe: cached backbone features) and the validation loader."""
