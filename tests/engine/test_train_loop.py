@@ -95,7 +95,7 @@ def test_partial_accumulation_window_is_stepped_as_the_mean_over_its_batches():
     assert result.clips == 20  # every batch counts in the epoch's loss and accuracy
 
 
-def test_lr_schedule_sees_one_call_per_optimizer_step():
+def test_lr_schedule_is_asked_once_per_optimizer_step_taken():
     seen = []
-    _train(_linear_batches([2] * 7), accum_steps=3, lr_at=lambda step: seen.append(step) or 1.0)
-    assert seen == [0, 1, 2]  # windows of 3, 3 and 1 batches
+    _, result = _train(_linear_batches([2] * 7), accum_steps=3, lr_at=lambda step: seen.append(step) or 1.0)
+    assert seen == list(range(result.step)) == [0, 1, 2]  # windows of 3, 3 and 1 batches, each one step
