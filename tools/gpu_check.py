@@ -116,7 +116,13 @@ def check_environment(ctx: Context) -> str:
     if not ctx.cuda:
         return f"CPU rehearsal, torch {torch.__version__}"
     props = torch.cuda.get_device_properties(0)
-    nccl = ".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else "?"
+    try:
+        import torch.cuda.nccl as nccl_module
+
+        version = nccl_module.version()  # (major, minor, patch); an int in some builds
+        nccl = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+    except (ImportError, RuntimeError, AttributeError):
+        nccl = "unknown"
     return (f"{props.name} ({props.total_memory / 2**30:.0f} GiB, sm_{props.major}{props.minor}), "
             f"{torch.cuda.device_count()} visible; torch {torch.__version__}, CUDA {torch.version.cuda}, "
             f"cuDNN {torch.backends.cudnn.version()}, NCCL {nccl}; bf16 {torch.cuda.is_bf16_supported()}")

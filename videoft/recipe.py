@@ -279,7 +279,10 @@ class FineTuneRecipe:
 
     def wrap_model(self) -> None:
         """SyncBatchNorm if asked; DDP around what trains (only the head on cached features)."""
-        if self.dist.distributed and self.cfg.train.sync_bn:
+        if self.dist.distributed and self.cfg.train.sync_bn and self.dist.device.type != "cuda":
+            log.warning("train.sync_bn: SyncBatchNorm needs GPUs; on %s each process keeps its own BatchNorm "
+                        "statistics", self.dist.device)
+        elif self.dist.distributed and self.cfg.train.sync_bn:
             self.raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model)  # same Parameters
         # linear probe on cached features: the loader yields backbone features, so only the head trains
         self.trained = self.raw_model.head if self.cfg.train.linear_probe and self.cfg.train.cache_features \
