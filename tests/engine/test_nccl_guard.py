@@ -1,10 +1,11 @@
 """The real 2-process torchrun paths under a harness that enforces NCCL's rule for collectives on CPU.
 
-The harness (nccl_guard/sitecustomize.py) is loaded into every torchrun worker through PYTHONPATH:
-it tracks which tensors were placed on the process's device, as CUDA would, and refuses a collective
-given a host tensor (NCCL: "No backend type associated with device type cpu"), a collective called
-outside videoft/engine/distributed.py, or an object collective carrying device tensors. Before the
-fix, training died at the end of its first epoch on the CPU float64 totals tensor; these tests fail
+The harness (nccl_guard/nccl_guard_harness.py, loaded into every torchrun worker by the
+sitecustomize.py beside it, which the test puts on PYTHONPATH) tracks which tensors were placed on
+the process's device, as CUDA would, and refuses a collective given a host tensor (NCCL: "No
+backend type associated with device type cpu"), a collective called outside
+videoft/engine/distributed.py, or an object collective carrying device tensors. Before the fix,
+training died at the end of its first epoch on the CPU float64 totals tensor; these tests fail
 on that code (checked against commit 7b2772d) and pass now.
 """
 from __future__ import annotations
