@@ -11,6 +11,7 @@ any failed, and a summary table ends the output:
   environment        torch, CUDA, cuDNN and NCCL versions; the GPU; bf16 support
   demo data          a small generated dataset (tools/make_demo_dataset.py)
   bf16 channels_last tools/train.py for a few steps with bf16 autocast and channels_last_3d: finite loss
+                     (the CPU rehearsal trains in fp32, see Context.amp)
   torchrun epoch     torchrun --nproc_per_node 1 tools/train.py: a whole epoch with validation and
                      checkpoints under NCCL (the process group and DDP of an 8-GPU run, on one GPU)
   resume             the same run continued from its last.pt for a second epoch
@@ -67,6 +68,12 @@ class Context:
     def backend(self) -> str:
         return "nccl" if self.cuda else "gloo"
 
+    @property
+    def amp(self) -> str:
+        """bf16 on the GPU; fp32 in the CPU rehearsal (bf16 autocast on a CPU gave NaN gradients on the tiny
+        random-initialised models a rehearsal trains, from one run to the next)."""
+        return "bf16" if self.cuda else "off"
+
 
 @dataclass
 class Result:
@@ -77,11 +84,11 @@ class Result:
 
 
 GPU_SIZES = {"per_class": (16, 4, 4), "frame": (160, 120), "overrides": ["data.num_workers=4"],
-             "throughput": [("x3d_xs", None, None, 16), ("slow_r50", None, None, 8)], "steps": 20}
+             "throughput": [("x3d_xs", None, None, 16), ("slow_r50", None, None, 8)], "steps": 20, "warmup": 3}
 CPU_SIZES = {"per_class": (3, 2, 2), "frame": (64, 48),
              "overrides": ["model.backbone=x3d_xs", "data.clip_len=4", "data.crop_size=32", "data.short_side=40",
                            "data.batch_size=4", "data.num_workers=0", "data.eval_clips=2", "train.threads=1"],
-             "throughput": [("x3d_xs", 4, 32, 2), ("s3d", 8, 32, 2)], "steps": 2}
+             "throughput": [("x3d_xs", 4, 32, 2), ("s3d", 8, 32, 2)], "steps": 2, "warmup": 1}
 
 
 def run(cmd: list[str], ctx: Context, *, timeout: int = 1800) -> subprocess.CompletedProcess:
@@ -139,10 +146,12 @@ def check_demo_data(ctx: Context) -> str:
 
 def check_bf16_channels_last(ctx: Context) -> str:
     out = ctx.work / "bf16"
-    run([sys.executable, *train_cmd(ctx, out, "train.amp=bf16", "train.channels_last=true", "train.epochs=1",
+    # quoted: YAML reads a bare `off` as false
+    run([sys.executable, *train_cmd(ctx, out, f"train.amp='{ctx.amp}'", "train.channels_last=true", "train.epochs=1",
                                     "train.max_steps_per_epoch=5")], ctx)
     log = (out / "train.log").read_text()
-    expect("torch.bfloat16 autocast, channels_last_3d" in log, "train.log does not report bf16 + channels_last")
+    precision = "torch.bfloat16 autocast" if ctx.amp == "bf16" else "fp32"
+    expect(f"precision: {precision}, channels_last_3d" in log, f"train.log does not report {precision} + channels_last")
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     expect(math.isfinite(row["train_loss"]), f"train loss is {row['train_loss']}")
     return f"5 steps, train loss {row['train_loss']:.3f}, {row['clips_per_s']:.1f} clips/s"
@@ -187,9 +196,10 @@ def check_export(ctx: Context) -> str:
     return "; ".join(lines)
 
 
-def throughput(name: str, clip_len: int | None, crop: int | None, batch: int, steps: int,
-               device: torch.device) -> tuple[float, float | None]:
-    """Clips/s of `steps` bf16 + channels_last training steps (after 3 warm-up steps), and peak GPU memory (GiB)."""
+def throughput(name: str, clip_len: int | None, crop: int | None, batch: int, steps: int, device: torch.device,
+               amp_dtype: torch.dtype | None = torch.bfloat16, warmup: int = 3) -> tuple[float, float | None]:
+    """Clips/s of `steps` channels_last training steps under `amp_dtype` autocast (after `warmup` steps),
+    and the peak GPU memory (GiB)."""
     from videoft.engine.train import StepOptions, train_one_epoch
     from videoft.models.backbones import get_backbone_spec
     from videoft.models.classifier import build_classifier
@@ -200,14 +210,14 @@ def throughput(name: str, clip_len: int | None, crop: int | None, batch: int, st
     model = model.to(memory_format=torch.channels_last_3d)
     # LR 0: every step computes and applies its update, but random data cannot make the weights diverge
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
-    opts = StepOptions(amp_dtype=torch.bfloat16, channels_last=True)
+    opts = StepOptions(amp_dtype=amp_dtype, channels_last=True)
     gen = torch.Generator().manual_seed(0)
     batches = [{"video": torch.randn(batch, 3, clip_len, crop, crop, generator=gen),
                 "label": torch.randint(0, 10, (batch,), generator=gen), "valid": torch.ones(batch, dtype=torch.bool),
                 "failures": []}]
     common = {"device": device, "opts": opts, "num_classes": 10, "step": 0, "lr_at": lambda s: 1.0,
               "show_progress": False}
-    train_one_epoch(model, batches * 3, optimizer, **common)  # warm-up: cuDNN algorithm search, allocator
+    train_one_epoch(model, batches * warmup, optimizer, **common)  # warm-up: cuDNN algorithm search, allocator
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -220,7 +230,8 @@ def check_throughput(ctx: Context) -> str:
     device = torch.device("cuda", 0) if ctx.cuda else torch.device("cpu")
     parts = []
     for name, clip_len, crop, batch in ctx.sizes["throughput"]:
-        clips_s, peak = throughput(name, clip_len, crop, batch, ctx.sizes["steps"], device)
+        clips_s, peak = throughput(name, clip_len, crop, batch, ctx.sizes["steps"], device,
+                                   torch.bfloat16 if ctx.amp == "bf16" else None, ctx.sizes["warmup"])
         memory = f"peak {peak:.2f} GiB" if peak is not None else "no GPU memory on the CPU"
         parts.append(f"{name} batch {batch}: {clips_s:.1f} clips/s, {memory}")
     return "; ".join(parts)
