@@ -6,7 +6,7 @@ STAMP := $(VENV)/.videoft-installed
 DEMO_DATA ?= data/demo
 DEMO_RUN ?= runs/demo
 
-.PHONY: install demo demo-data lint test test-fast benchmark clean
+.PHONY: install demo demo-data lint test test-fast benchmark gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test-fast: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python tools/benchmark.py
+
+# On a machine with a GPU: bf16 + channels_last, torchrun/NCCL epoch + resume + evaluate, export,
+# throughput (see tools/gpu_check.py). Without CUDA it says so and exits 0.
+gpu-check: $(STAMP)
+	$(BIN)/python tools/gpu_check.py
 
 clean:
 	rm -rf $(DEMO_RUN) .pytest_cache

@@ -1,6 +1,7 @@
 """The recipe's named steps, in process: setup, a short fit, save and resume through RunState."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,28 @@ def test_validation_loss_is_the_centre_clip_cross_entropy(tmp_path, tiny_motion_
     recipe.fit()
     row = recipe.state.history[-1]
     assert row["val_loss"] > 0 and row["val_loss"] == pytest.approx(recipe.validate(0)["loss"], rel=1e-4)
+
+
+def test_schedule_length_is_the_steps_taken_with_a_partial_accumulation_window(tmp_path, tiny_motion_dataset):
+    """12 training videos, batch 4: 3 batches per epoch; accum_steps 2 -> windows of 2 and 1 -> 2 steps."""
+    recipe = make_recipe(tmp_path, tiny_motion_dataset, "optim.accum_steps=2", "train.epochs=2",
+                         "data.val_fraction=0", "optim.min_lr_ratio=0.1")
+    recipe.setup()
+    assert recipe.total_steps == 4
+    recipe.fit()
+    assert recipe.state.step == recipe.total_steps == 4
+    assert recipe.lr_at(recipe.state.step) == pytest.approx(0.1)  # the cosine ends where the run ends
+
+
+def test_deterministic_sets_what_cuda_needs(tmp_path, tiny_motion_dataset, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+              torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        make_recipe(tmp_path, tiny_motion_dataset, "train.deterministic=true").setup_runtime()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[:2]
+        torch.use_deterministic_algorithms(before[2], warn_only=before[3])

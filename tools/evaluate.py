@@ -132,8 +132,9 @@ def evaluate(args: argparse.Namespace, dist) -> Path | None:
     loader = build_eval_loader(samples, pre, num_clips=num_clips, num_crops=args.crops, batch_size=args.batch_size,
                                num_workers=args.workers, rank=dist.rank, world_size=dist.world_size,
                                device=dist.device, backend=args.decoder)
-    log.info("evaluating %s on %d videos of %s (%s): %d clips x %d crops per video", args.checkpoint,
-             len(samples), args.data, args.split, num_clips, args.crops)
+    log.info("evaluating %s on %d videos of %s (%s): %d clips x %d crops per video; %d process(es) on %s, %s",
+             args.checkpoint, len(samples), args.data, args.split, num_clips, args.crops, dist.world_size,
+             dist.device, f"backend {dist.backend}" if dist.backend else "no process group")
     pred = predict(model, loader, device=dist.device, num_clips=num_clips, num_crops=args.crops,
                    show_progress=dist.is_main)
     if not dist.is_main:

@@ -44,6 +44,8 @@ class DataConfig:
     scale_jitter: tuple[float, float] = (1.0, 1.25)  # training short side: short_side times a factor in this range
     batch_size: int = 8
     num_workers: int = 2
+    prefetch_factor: int = 2        # batches each worker loads ahead
+    persistent_workers: bool = True  # workers start once per run, not once per epoch (see data/loaders.py)
     eval_clips: int = 3             # temporal clips per video at validation (video-level accuracy)
     eval_crops: int = 1             # 1 (centre) or 3 spatial crops
     decoder: str = "auto"           # auto | decord | pyav
@@ -110,6 +112,8 @@ class TrainConfig:
     precise_bn_batches: int = 0     # before each validation, recompute BatchNorm statistics over N train batches
     linear_probe: bool = False      # whole backbone frozen, trained on the eval views (eval_clips x eval_crops)
     cache_features: bool = True     # linear_probe: run the backbone once and train the head on cached features
+    feature_cache_ram_mb: float = 1024  # cached features above this size are memory-mapped from
+                                    # out_dir/feature_cache instead of loaded in each process's RAM
     threads: int | None = None      # torch CPU threads (None: torch's default)
 
 
@@ -194,6 +198,10 @@ def validate(cfg: Config) -> list[str]:
         problems.append("data.val_fraction and data.test_fraction must be in [0, 1)")
     if cfg.data.num_workers < 0:
         problems.append(f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
+    if cfg.data.prefetch_factor < 1:
+        problems.append(f"data.prefetch_factor: must be >= 1, got {cfg.data.prefetch_factor}")
+    if cfg.train.feature_cache_ram_mb < 0:
+        problems.append(f"train.feature_cache_ram_mb: must be >= 0, got {cfg.train.feature_cache_ram_mb}")
     if cfg.train.linear_probe and cfg.freeze.unfreeze.every:
         problems.append("train.linear_probe keeps the whole backbone frozen: freeze.unfreeze.every must be 0")
     weights_problem = weights_source_problem(cfg.model.pretrained, cfg.model.weights)

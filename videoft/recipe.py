@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,8 +38,8 @@ from videoft.data.transforms import Preprocessing
 from videoft.engine.checkpoint import rng_state, set_rng_state
 from videoft.engine.distributed import (
     DistInfo,
-    all_gather_objects,
     barrier,
+    broadcast_from_main,
     cleanup_distributed,
     setup_distributed,
     sync_bn_stats,
@@ -52,6 +53,7 @@ from videoft.engine.train import (
     NonFiniteLossError,
     StepOptions,
     amp_dtype_for,
+    configure_determinism,
     lr_factor_at,
     recompute_bn_stats,
     train_one_epoch,
@@ -62,6 +64,7 @@ from videoft.models.freezing import UnfreezeSchedule, freeze_stages, param_group
 
 log = logging.getLogger("videoft")
 EpochHook = Callable[[dict], bool]  # per-epoch callback of FineTuneRecipe.fit: history row in, "stop now?" out
+DETAILED_METRICS = ("clip_level", "video_level")  # per-class tables: rank 0 only (the logger's confusion matrix)
 
 def resolve_preprocessing(cfg: Config, spec: BackboneSpec) -> Preprocessing:
     """The backbone's clip geometry and normalisation, overridden key by key by the config's data section."""
@@ -140,8 +143,7 @@ class FineTuneRecipe:
         if self.cfg.train.threads:
             torch.set_num_threads(self.cfg.train.threads)
         seed_everything(self.cfg.seed)
-        if self.cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        configure_determinism(self.cfg.train.deterministic)
 
     def setup_data(self) -> None:
         """Backbone spec, preprocessing, splits and classes; rank 0 writes config/classes/splits."""
@@ -163,9 +165,9 @@ class FineTuneRecipe:
                 log.warning("segment span: %s", problem)
             if len(span_problems) > 10:
                 log.warning("... %d more segment span problems", len(span_problems) - 10)
-        log.info("backbone %s, clip %d frames x stride %d, crop %d (short side %d), %d process(es) on %s",
+        log.info("backbone %s, clip %d frames x stride %d, crop %d (short side %d), %d process(es) on %s, %s",
                  self.spec.name, self.pre.clip_len, self.pre.frame_stride, self.pre.crop_size, self.pre.short_side,
-                 dist.world_size, dist.device)
+                 dist.world_size, dist.device, f"backend {dist.backend}" if dist.backend else "no process group")
         if dist.is_main:
             dump_config(cfg, self.out_dir / "config.yaml")
             (self.out_dir / "classes.txt").write_text("\n".join(self.classes) + "\n")
@@ -201,30 +203,35 @@ class FineTuneRecipe:
         self.amp_dtype = amp_dtype_for(self.cfg.train.amp, self.dist.device)
         if self.amp_dtype == torch.float16:
             self.scaler = torch.amp.GradScaler(self.dist.device.type)
+        log.info("precision: %s%s", f"{self.amp_dtype} autocast" if self.amp_dtype else "fp32",
+                 ", channels_last_3d" if self.cfg.train.channels_last else "")
 
     def setup_loaders(self) -> None:
         """Training loader (linear probe: cached backbone features) and the validation loader."""
         cfg, dist, d = self.cfg, self.dist, self.cfg.data
         per_rank_batch = d.batch_size // dist.world_size
         probe_views = (d.eval_clips, d.eval_crops) if cfg.train.linear_probe else None
+        workers = {"num_workers": d.num_workers, "persistent_workers": d.persistent_workers,
+                   "prefetch_factor": d.prefetch_factor, "rank": dist.rank, "world_size": dist.world_size,
+                   "device": dist.device, "backend": d.decoder}
         self.train_loader = build_train_loader(
-            self.splits["train"], self.pre, batch_size=per_rank_batch, num_workers=d.num_workers, seed=cfg.seed,
-            rank=dist.rank, world_size=dist.world_size, device=dist.device, backend=d.decoder, hflip=d.hflip,
-            scale_jitter=d.scale_jitter, balanced=d.balanced_sampler, fixed_views=probe_views)
+            self.splits["train"], self.pre, batch_size=per_rank_batch, seed=cfg.seed, hflip=d.hflip,
+            scale_jitter=d.scale_jitter, balanced=d.balanced_sampler, fixed_views=probe_views, **workers)
         self.val_loader = None
         if self.splits.get("val"):
             self.val_loader = build_eval_loader(
                 self.splits["val"], self.pre, num_clips=d.eval_clips, num_crops=d.eval_crops,
-                batch_size=max(1, per_rank_batch // 2), num_workers=d.num_workers, rank=dist.rank,
-                world_size=dist.world_size, device=dist.device, backend=d.decoder, seed=cfg.seed)
+                batch_size=max(1, per_rank_batch // 2), seed=cfg.seed, **workers)
         if cfg.train.linear_probe and cfg.train.cache_features:
-            self.train_loader, failures = cache_features(self.raw_model.backbone, self.train_loader, dist,
-                                                         self.amp_dtype)
+            self.train_loader, failures = cache_features(
+                self.raw_model.backbone, self.train_loader, dist, self.out_dir / "feature_cache",
+                amp_dtype=self.amp_dtype, ram_limit_mb=cfg.train.feature_cache_ram_mb)
             self.state.failures.update(failures)
 
     def setup_lr_schedule(self) -> None:
         """Steps per epoch, warm-up + cosine length, and the per-step options (loss, AMP, accumulation)."""
         cfg, o = self.cfg, self.cfg.optim
+        # the optimizer steps an epoch really takes: a last, partial accumulation window is stepped too
         steps_per_epoch = math.ceil(len(self.train_loader) / o.accum_steps)
         if cfg.train.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
@@ -282,7 +289,10 @@ class FineTuneRecipe:
 
     def wrap_model(self) -> None:
         """SyncBatchNorm if asked; DDP around what trains (only the head on cached features)."""
-        if self.dist.distributed and self.cfg.train.sync_bn:
+        if self.dist.distributed and self.cfg.train.sync_bn and self.dist.device.type != "cuda":
+            log.warning("train.sync_bn: SyncBatchNorm needs GPUs; on %s each process keeps its own BatchNorm "
+                        "statistics", self.dist.device)
+        elif self.dist.distributed and self.cfg.train.sync_bn:
             self.raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model)  # same Parameters
         # linear probe on cached features: the loader yields backbone features, so only the head trains
         self.trained = self.raw_model.head if self.cfg.train.linear_probe and self.cfg.train.cache_features \
@@ -344,8 +354,8 @@ class FineTuneRecipe:
     def train_epoch(self, epoch: int) -> dict:
         """One epoch (continuing mid-epoch after a resume); returns its history row."""
         cfg, state, loader = self.cfg, self.state, self.train_loader
+        # the epoch reaches the (persistent) workers with every index: TrainSampler yields (index, epoch)
         loader.sampler.set_epoch(epoch, start=state.epoch_step * cfg.optim.accum_steps * loader.batch_size)
-        loader.dataset.set_epoch(epoch)
         loader.generator.manual_seed(cfg.seed * 7919 + epoch)
         epoch_start_step = state.step - state.epoch_step
 
@@ -383,6 +393,8 @@ class FineTuneRecipe:
         `loss` is the mean cross-entropy of the clip-level prediction (the centre clip's centre crop):
         one clip per video, as in training, but without label smoothing or mixing, so a gap between
         the two curves that keeps growing is overfitting rather than regularisation.
+        The predictions reach rank 0 only; rank 0 computes the metrics and sends every rank the
+        scalars that decisions depend on (best checkpoint, early stopping), so all ranks decide alike.
         """
         cfg, dist = self.cfg, self.dist
         if cfg.train.precise_bn_batches and not cfg.train.linear_probe:
@@ -393,9 +405,13 @@ class FineTuneRecipe:
         pred = predict(self.raw_model, self.val_loader, device=dist.device, num_clips=cfg.data.eval_clips,
                        num_crops=cfg.data.eval_crops, amp_dtype=self.amp_dtype,
                        channels_last=cfg.train.channels_last, show_progress=dist.is_main, desc="validate")
-        for path, reason in pred.failures:
-            self.state.failures[path] = reason
-        return {**summarize(pred, self.classes), "loss": cross_entropy(pred.clip_probs, pred.labels)}
+        metrics = None
+        if pred is not None:
+            for path, reason in pred.failures:
+                self.state.failures[path] = reason
+            metrics = {**summarize(pred, self.classes), "loss": cross_entropy(pred.clip_probs, pred.labels)}
+        scalars = broadcast_from_main({k: v for k, v in (metrics or {}).items() if k not in DETAILED_METRICS})
+        return metrics if metrics is not None else scalars
 
     def record_best(self, value: float, epoch: int) -> bool:
         """Track the best validation value and early-stopping patience; True when `value` is a new best."""
@@ -420,7 +436,7 @@ class FineTuneRecipe:
         """Ask the caller's per-epoch hook; rank 0's answer holds on every rank (a clock differs per rank)."""
         if on_epoch_end is None:
             return False
-        stop = all_gather_objects(bool(on_epoch_end(row)))[0]
+        stop = broadcast_from_main(bool(on_epoch_end(row)))
         if stop and self.state.epoch < self.cfg.train.epochs:
             log.info("stopped after epoch %d by the caller (on_epoch_end)", self.state.epoch)
             self.state.stopped_early = True
@@ -456,7 +472,9 @@ class FineTuneRecipe:
                    "skipped_videos": len(state.failures), "history": state.history}
         if self.dist.is_main:
             (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        barrier()
+        barrier()  # every rank is done with the feature cache
+        if self.dist.is_main:
+            shutil.rmtree(out / "feature_cache", ignore_errors=True)
         return summary
 
 

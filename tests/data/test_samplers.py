@@ -1,11 +1,15 @@
-"""TrainSampler: epoch-seeded order, sharding over ranks, resuming mid-epoch, class balance."""
+"""TrainSampler: epoch-seeded order, sharding over ranks, resuming mid-epoch, class balance, (index, epoch) keys."""
 from __future__ import annotations
 
 from collections import Counter
 
 import pytest
 
-from videoft.data.samplers import TrainSampler
+from videoft.data.samplers import EpochKey, TrainSampler, epoch_key
+
+
+def indices(sampler) -> list[int]:
+    return [key.index for key in sampler]
 
 
 def shards(labels, world_size, epoch=0, seed=0, **kw):
@@ -13,8 +17,17 @@ def shards(labels, world_size, epoch=0, seed=0, **kw):
     for rank in range(world_size):
         sampler = TrainSampler(labels, seed=seed, rank=rank, world_size=world_size, **kw)
         sampler.set_epoch(epoch)
-        out.append(list(sampler))
+        out.append(indices(sampler))
     return out
+
+
+def test_keys_carry_the_epoch_set():
+    sampler = TrainSampler(list(range(10)), seed=3)
+    sampler.set_epoch(7)
+    keys = list(sampler)
+    assert all(isinstance(k, EpochKey) and k.epoch == 7 for k in keys)
+    assert [k.index for k in keys] == shards(list(range(10)), 1, epoch=7, seed=3)[0]
+    assert epoch_key(keys[0], 0) == keys[0] and epoch_key(5, 2) == EpochKey(5, 2)
 
 
 def interleave(parts):
@@ -54,7 +67,7 @@ def test_same_order_for_same_epoch_different_for_another():
     # the order depends on the epoch set, not on how many times the sampler was iterated
     sampler = TrainSampler(labels)
     sampler.set_epoch(4)
-    assert list(sampler) == list(sampler) == shards(labels, 1, epoch=4)[0]
+    assert indices(sampler) == indices(sampler) == shards(labels, 1, epoch=4)[0]
 
 
 def test_set_epoch_start_skips_what_was_trained():
@@ -62,10 +75,12 @@ def test_set_epoch_start_skips_what_was_trained():
     for rank in range(2):
         sampler = TrainSampler(labels, seed=1, rank=rank, world_size=2)
         sampler.set_epoch(2)
-        full = list(sampler)
+        full = indices(sampler)
         sampler.set_epoch(2, start=6)
-        assert list(sampler) == full[6:]
+        assert indices(sampler) == full[6:]
         assert len(sampler) == len(full) - 6 == 9
+        sampler.set_epoch(2, start=20)  # resumed after the epoch's last step: nothing left, not a negative length
+        assert len(sampler) == 0 and indices(sampler) == []
         sampler.set_epoch(3)  # a new epoch starts from the beginning again
         assert len(sampler) == len(list(sampler)) == 15
 

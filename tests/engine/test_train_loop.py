@@ -51,3 +51,51 @@ def test_lr_factor_keeps_group_ratios():
     assert [g["lr"] for g in opt.param_groups] == [0.05, 0.005]
     set_lr_factor(opt, 1.0)
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.01]
+
+
+def _linear_batches(sizes, seed=0):
+    """Train-style batches of 6-d 'clips' (no BatchNorm, no dropout: a step depends only on the examples)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in sizes:
+        out.append({"video": torch.randn(n, 6, generator=g), "label": torch.randint(0, 3, (n,), generator=g),
+                    "valid": torch.ones(n, dtype=torch.bool), "failures": []})
+    return out
+
+
+def _merged(batches):
+    return {"video": torch.cat([b["video"] for b in batches]), "label": torch.cat([b["label"] for b in batches]),
+            "valid": torch.cat([b["valid"] for b in batches]), "failures": []}
+
+
+def _train(batches, accum_steps, lr_at=lambda step: 1.0):
+    from videoft.engine.train import StepOptions, train_one_epoch
+
+    torch.manual_seed(0)
+    model = nn.Linear(6, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    result = train_one_epoch(model, batches, opt, device=torch.device("cpu"), opts=StepOptions(accum_steps=accum_steps),
+                             num_classes=3, step=0, lr_at=lr_at, show_progress=False)
+    return model, result
+
+
+def test_partial_accumulation_window_is_stepped_as_the_mean_over_its_batches():
+    """5 batches, accum_steps 2: windows (1, 2), (3, 4) and the partial (5,). Each window's step equals
+    one step on its batches merged (equal batch sizes: the mean of means is the mean)."""
+    batches = _linear_batches([4] * 5)
+    model, result = _train(batches, accum_steps=2)
+    windows = [_merged(batches[0:2]), _merged(batches[2:4]), batches[4]]
+    reference, _ = _train(windows, accum_steps=1)
+    assert result.step == 3  # ceil(5 / 2): the partial window is a step, as the LR schedule counts it
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    # without the last window's step (what happened before: its gradient was wiped), the weights differ
+    dropped, _ = _train(windows[:2], accum_steps=1)
+    assert not torch.allclose(model.weight, dropped.weight)
+    assert result.clips == 20  # every batch counts in the epoch's loss and accuracy
+
+
+def test_lr_schedule_is_asked_once_per_optimizer_step_taken():
+    seen = []
+    _, result = _train(_linear_batches([2] * 7), accum_steps=3, lr_at=lambda step: seen.append(step) or 1.0)
+    assert seen == list(range(result.step)) == [0, 1, 2]  # windows of 3, 3 and 1 batches, each one step

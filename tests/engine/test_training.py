@@ -228,12 +228,14 @@ def test_gradual_unfreezing_follows_schedule(tmp_path, tiny_motion_dataset):
 
 @pytest.mark.slow
 def test_linear_probe_cache_matches_uncached(tmp_path, tiny_motion_dataset):
-    """Training the head on cached backbone features equals recomputing them every epoch."""
+    """Training the head on cached (memory-mapped) backbone features equals recomputing them every epoch."""
     probe = ["train.epochs=2", "train.linear_probe=true", "model.dropout=0.3"]
     cached, live = tmp_path / "cached", tmp_path / "live"
-    p1 = run_train(cached, tiny_motion_dataset, *probe, "train.cache_features=true")
+    # a 0 MB RAM limit: the cache is memory-mapped from out_dir/feature_cache (deleted at the end)
+    p1 = run_train(cached, tiny_motion_dataset, *probe, "train.cache_features=true", "train.feature_cache_ram_mb=0")
     assert p1.returncode == 0, p1.stderr[-3000:]
-    assert "cached features of 12 training videos" in p1.stdout
+    assert "cached features of 12 training videos" in p1.stdout and "memory-mapped from" in p1.stdout
+    assert not (cached / "feature_cache").exists()
     assert run_train(live, tiny_motion_dataset, *probe, "train.cache_features=false").returncode == 0
     a, b = weights(cached / "last.pt"), weights(live / "last.pt")
     assert_same_weights(a, b, atol=1e-6)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import socket
+import sys
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -44,6 +45,7 @@ def load_tool(name: str) -> ModuleType:
     """Import tools/<name>.py (a script folder, not a package) as a module."""
     spec = importlib.util.spec_from_file_location(f"videoft_tool_{name}", REPO / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
 

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from videoft.data.clip_indices import FrameRange, Span, eval_clip_indices, train_clip_indices, union_indices
 from videoft.data.decode import VideoDecodeError, VideoReader
+from videoft.data.samplers import epoch_key
 from videoft.data.segments import parse_span, recording_split, split_whitespace_line
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,8 @@ class VideoClipDataset(Dataset):
     transformed into 1 or 3 crops; a failure gives `valid=False` and the reason.
 
     Randomness comes from (seed, epoch, index), not from worker state, so a sample is
-    the same whatever the number of workers or processes.
+    the same whatever the number of workers or processes. A key may be an index (the epoch
+    set with `set_epoch`) or an `(index, epoch)` pair (TrainSampler: persistent workers).
     """
 
     def __init__(self, samples: Sequence[VideoSample], *, clip_len: int, stride: int, train: bool,
@@ -289,12 +291,13 @@ class VideoClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> Item:
-        return self._train_item(index) if self.train else self._eval_item(index)
+    def __getitem__(self, key: int | tuple[int, int]) -> Item:
+        index, epoch = epoch_key(key, self.epoch)
+        return self._train_item(index, epoch) if self.train else self._eval_item(index)
 
-    def _train_item(self, index: int) -> Item:
+    def _train_item(self, index: int, epoch: int) -> Item:
         failures = []
-        rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
+        rng = random.Random(f"{self.seed}:{epoch}:{index}")
         current = index
         for _ in range(self.max_retries + 1):
             sample = self.samples[current]

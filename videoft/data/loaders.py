@@ -16,27 +16,38 @@ from videoft.data.samplers import ShardSampler, TrainSampler
 from videoft.data.transforms import Preprocessing
 
 
-def loader_options(num_workers: int, device: torch.device) -> dict[str, Any]:
+def loader_options(num_workers: int, device: torch.device, *, persistent: bool = False,
+                   prefetch_factor: int | None = None, start_method: str | None = None) -> dict[str, Any]:
     """DataLoader keyword arguments shared by every loader.
 
     Each loader has its own generator (seeded per epoch where it matters) so that iterating it
-    never draws from the global torch RNG. On CUDA, workers are spawned: forking a process that
-    already holds a CUDA context is unsafe.
+    never draws from the global torch RNG. On CUDA, workers are spawned (forking a process that
+    already holds a CUDA context is unsafe) and batches are pinned for asynchronous copies.
+    `persistent` keeps the workers alive from one pass to the next: a spawned worker re-imports
+    torch, decord and pytorchvideo, seconds per worker per epoch. They still see each epoch, which
+    travels with every index (TrainSampler's `(index, epoch)` keys); evaluation is deterministic.
     """
-    return {"num_workers": num_workers, "collate_fn": collate, "pin_memory": device.type == "cuda",
-            "multiprocessing_context": "spawn" if num_workers and device.type == "cuda" else None,
-            "generator": torch.Generator()}
+    options: dict[str, Any] = {"num_workers": num_workers, "collate_fn": collate,
+                               "pin_memory": device.type == "cuda", "generator": torch.Generator()}
+    if num_workers:
+        options["multiprocessing_context"] = start_method or ("spawn" if device.type == "cuda" else None)
+        options["persistent_workers"] = persistent
+        options["prefetch_factor"] = prefetch_factor
+    return options
 
 
 def build_train_loader(samples: Sequence[VideoSample], pre: Preprocessing, *, batch_size: int,
                        num_workers: int, seed: int, rank: int = 0, world_size: int = 1,
                        device: torch.device = torch.device("cpu"), backend: str = "auto",
                        hflip: bool = True, scale_jitter: tuple[float, float] = (1.0, 1.25),
-                       balanced: bool = False, fixed_views: tuple[int, int] | None = None) -> DataLoader:
+                       balanced: bool = False, fixed_views: tuple[int, int] | None = None,
+                       persistent_workers: bool = True, prefetch_factor: int | None = None,
+                       start_method: str | None = None) -> DataLoader:
     """One random clip per video and epoch (epoch-seeded TrainSampler, sharded over ranks).
 
     batch_size: per rank. fixed_views=(clips, crops): the deterministic evaluation views
     instead (linear probe: a frozen backbone's output for them never changes).
+    start_method: "fork", "spawn" or "forkserver" for the workers (default: spawn on CUDA).
     """
     common = {"clip_len": pre.clip_len, "stride": pre.frame_stride, "short_side": pre.short_side,
               "backend": backend, "seed": seed}
@@ -49,17 +60,20 @@ def build_train_loader(samples: Sequence[VideoSample], pre: Preprocessing, *, ba
             hflip=hflip, scale_jitter=scale_jitter), **common)
     sampler = TrainSampler([s.label for s in samples], seed=seed, balanced=balanced, rank=rank,
                            world_size=world_size)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_options(num_workers, device))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_options(
+        num_workers, device, persistent=persistent_workers, prefetch_factor=prefetch_factor, start_method=start_method))
 
 
 def build_eval_loader(samples: Sequence[VideoSample] | VideoClipDataset, pre: Preprocessing | None = None, *,
                       num_clips: int = 1, num_crops: int = 1, batch_size: int, num_workers: int,
                       rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
-                      backend: str = "auto", seed: int = 0) -> DataLoader:
+                      backend: str = "auto", seed: int = 0, persistent_workers: bool = False,
+                      prefetch_factor: int | None = None, start_method: str | None = None) -> DataLoader:
     """Every view of every video, each video on exactly one rank (ShardSampler, no padding).
 
     `samples` may be an existing evaluation-mode dataset (the linear probe reshards its training
-    views this way); `pre` and the view counts are then taken from it.
+    views this way); `pre` and the view counts are then taken from it. persistent_workers: for a
+    loader iterated again and again (validation every epoch), not for one pass.
     """
     if isinstance(samples, VideoClipDataset):
         dataset = samples
@@ -69,4 +83,5 @@ def build_eval_loader(samples: Sequence[VideoSample] | VideoClipDataset, pre: Pr
                                    transform=pre.eval_transform(num_crops), short_side=pre.short_side,
                                    num_clips=num_clips, backend=backend, seed=seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
-                      **loader_options(num_workers, device))
+                      **loader_options(num_workers, device, persistent=persistent_workers,
+                                       prefetch_factor=prefetch_factor, start_method=start_method))

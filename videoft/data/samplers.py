@@ -4,17 +4,34 @@ evaluation shard (every video exactly once, no padding).
 The training order depends only on (seed, epoch), so one process with global batch B and N
 processes with batch B/N see the same global batches, and a resumed run sees the same order
 as an uninterrupted one (`start` skips what was already trained on).
+
+The training sampler yields `(index, epoch)` keys: the epoch reaches the dataset with every
+index, so persistent DataLoader workers (started once, holding a copy of the dataset made
+before the first epoch) draw each epoch's random clips exactly as a fresh worker would.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import Sampler
 
 
-class TrainSampler(Sampler[int]):
-    """Shuffled (or class-balanced) indices for one rank; padded so every rank has as many.
+class EpochKey(NamedTuple):
+    """A dataset key carrying the epoch it is drawn for."""
+
+    index: int
+    epoch: int
+
+
+def epoch_key(key: int | tuple[int, int], epoch: int) -> EpochKey:
+    """(index, epoch) from a sampler key: an EpochKey as is, a bare index with `epoch`."""
+    return EpochKey(*key) if isinstance(key, tuple) else EpochKey(int(key), epoch)
+
+
+class TrainSampler(Sampler[EpochKey]):
+    """Shuffled (or class-balanced) `(index, epoch)` keys for one rank; padded so every rank has as many.
 
     Args:
         labels: the class of each sample (used by `balanced`).
@@ -47,12 +64,12 @@ class TrainSampler(Sampler[int]):
         pad = self.num_per_rank * self.world_size - n
         return order + order[:pad]
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[EpochKey]:
         shard = self.global_order()[self.rank::self.world_size]
-        return iter(shard[self.start:])
+        return iter([EpochKey(i, self.epoch) for i in shard[self.start:]])
 
     def __len__(self) -> int:
-        return self.num_per_rank - self.start
+        return max(0, self.num_per_rank - self.start)
 
 
 class ShardSampler(Sampler[int]):

@@ -2,7 +2,8 @@
 
 Every video gives `clips x crops` views, batched through the model together. The
 clip-level prediction is the view nearest the video's centre (centre clip, centre
-crop); the video-level prediction averages the softmax of all views.
+crop); the video-level prediction averages the softmax of all views. Under DDP each
+rank predicts its shard and the predictions are gathered on rank 0 only.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from videoft.engine.distributed import merge_from_ranks
+from videoft.engine.distributed import broadcast_from_main, gather_to_main
 from videoft.engine.metrics import compute_metrics
 
 
@@ -61,33 +62,109 @@ def forward_views(model: torch.nn.Module, video: torch.Tensor, *, device: torch.
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader, *, device: torch.device, num_clips: int, num_crops: int,
             amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-            show_progress: bool = True, desc: str = "eval", max_views_per_forward: int = 64) -> Predictions:
-    """Run every view of every video in `loader` (sharded by rank) and gather on all ranks."""
+            show_progress: bool = True, desc: str = "eval", max_views_per_forward: int = 64) -> Predictions | None:
+    """Run every view of every video in `loader` (sharded by rank); the predictions of all ranks
+    on rank 0, None on the other ranks."""
     model.eval()
-    local: dict[int, tuple] = {}
-    failures = []
+    part = _Shard()
     for batch in tqdm(loader, desc=desc, disable=not show_progress, leave=False, dynamic_ncols=True):
-        failures += batch["failures"]
+        part.failures += batch["failures"]
         valid = batch["valid"]
         if not valid.any():
             continue
         probs = forward_views(model, batch["video"][valid], device=device, amp_dtype=amp_dtype,
                               channels_last=channels_last, chunk=max_views_per_forward).softmax(-1).numpy()
         rows = [i for i, ok in enumerate(valid.tolist()) if ok]
-        for k, row in enumerate(rows):
-            local[int(batch["index"][row])] = (int(batch["label"][row]), probs[k], batch["frame_indices"][row])
-    merged, all_failures = merge_from_ranks(local, failures)
-    order = sorted(merged)
-    num_classes = _num_classes(model)
-    return Predictions(
-        indices=order,
-        labels=np.array([merged[i][0] for i in order], dtype=np.int64),
-        view_probs=np.stack([merged[i][1] for i in order]) if order
-        else np.zeros((0, num_clips * num_crops, num_classes), np.float32),
-        frame_indices=[merged[i][2] for i in order],
-        failures=all_failures,
-        centre_view=centre_view_index(num_clips, num_crops),
-    )
+        part.add([int(batch["index"][r]) for r in rows], [int(batch["label"][r]) for r in rows], probs,
+                 [batch["frame_indices"][r] for r in rows])
+    return _gather_on_main(part, num_views=num_clips * num_crops, num_classes=_num_classes(model),
+                           centre_view=centre_view_index(num_clips, num_crops))
+
+
+@dataclass
+class _Shard:
+    """One rank's predictions (numpy arrays and plain lists: compact to send, no tensors), kept per batch
+    and sent in slices, never stacked whole."""
+
+    indices: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    probs: list[np.ndarray] = field(default_factory=list)  # per batch [b, V, C]
+    frame_indices: list = field(default_factory=list)
+    failures: list = field(default_factory=list)
+
+    def add(self, indices: list[int], labels: list[int], probs: np.ndarray, frame_indices: list) -> None:
+        self.indices += indices
+        self.labels += labels
+        self.probs.append(probs)
+        self.frame_indices += frame_indices
+
+    def probs_rows(self, start: int, stop: int) -> np.ndarray | None:  # [stop - start, V, C]
+        """Rows start..stop of this rank's view probabilities, copied out of the per-batch arrays."""
+        if not self.probs:
+            return None
+        pieces, offset = [], 0
+        for p in self.probs:
+            lo, hi = max(start - offset, 0), min(stop - offset, len(p))
+            if lo < hi:
+                pieces.append(p[lo:hi])
+            offset += len(p)
+        return np.concatenate(pieces) if pieces else self.probs[0][:0]
+
+
+def _gather_on_main(part: _Shard, *, num_views: int, num_classes: int, centre_view: int) -> Predictions | None:
+    """Every rank's shard on rank 0, in dataset-index order; None on the other ranks.
+
+    First the indices, labels and failures of every rank (small); rank 0 then allocates the
+    [N, V, C] result once and receives the view probabilities in rounds of at most
+    GATHER_ROUND_BYTES from all ranks together, so its peak is about the result plus one round.
+    """
+    meta = gather_to_main((np.asarray(part.indices, np.int64), np.asarray(part.labels, np.int64),
+                           part.probs[0].shape[1:] if part.probs else None, part.failures))
+    merged = None if meta is None else _Merged(meta, (num_views, num_classes), centre_view)
+    per_round, rounds = broadcast_from_main(merged.plan(GATHER_ROUND_BYTES) if merged else None)
+    for r in range(rounds):
+        start, stop = r * per_round, (r + 1) * per_round
+        parts = gather_to_main((part.probs_rows(start, stop), part.frame_indices[start:stop]))
+        if merged is not None:
+            merged.fill(parts, start=r * per_round)
+    return merged.predictions() if merged is not None else None
+
+
+GATHER_ROUND_BYTES = 64 * 2**20  # per round, all ranks together
+
+
+class _Merged:
+    """Rank 0's result being filled: positions of each rank's rows in dataset-index order."""
+
+    def __init__(self, meta: list[tuple], default_shape: tuple[int, int], centre_view: int):
+        self.rank_indices = [m[0] for m in meta]
+        self.order = np.sort(np.concatenate(self.rank_indices))
+        shape = next((tuple(m[2]) for m in meta if m[2] is not None), default_shape)
+        self.view_probs = np.zeros((len(self.order), *shape), np.float32)  # [N, V, C]
+        self.labels = np.empty(len(self.order), np.int64)
+        for indices, labels, _, _ in meta:
+            self.labels[np.searchsorted(self.order, indices)] = labels
+        self.frame_indices: list = [None] * len(self.order)
+        self.failures = sorted(f for m in meta for f in m[3])
+        self.centre_view = centre_view
+
+    def plan(self, round_bytes: int) -> tuple[int, int]:
+        """(videos per rank per round, rounds) so that one round from all ranks stays under `round_bytes`."""
+        row_bytes = self.view_probs[0].nbytes if len(self.order) else 1
+        per_round = max(1, round_bytes // (len(self.rank_indices) * max(row_bytes, 1)))
+        return per_round, max(-(-len(i) // per_round) for i in self.rank_indices)
+
+    def fill(self, parts: list[tuple], *, start: int) -> None:
+        for rank, (probs, frames) in enumerate(parts):
+            pos = np.searchsorted(self.order, self.rank_indices[rank][start:start + len(frames)])
+            if probs is not None and len(probs):
+                self.view_probs[pos] = probs
+            for p, f in zip(pos.tolist(), frames):
+                self.frame_indices[p] = f
+
+    def predictions(self) -> Predictions:
+        return Predictions(indices=self.order.tolist(), labels=self.labels, view_probs=self.view_probs,
+                           frame_indices=self.frame_indices, failures=self.failures, centre_view=self.centre_view)
 
 
 def summarize(pred: Predictions, class_names: list[str], *, n_boot: int = 0) -> dict:

@@ -3,31 +3,46 @@
 With the whole backbone frozen (BatchNorm in eval mode) and deterministic views (the eval
 preset), the backbone's output for a view never changes, so computing it once gives the same
 training as recomputing it every epoch, at a fraction of the decoding and forward cost.
+
+The cache lives on disk: each rank writes the features of its shard of the videos to its own
+file as they are computed (one batch in memory at a time), then every rank opens every rank's
+file: loaded into RAM when the whole cache is below a threshold, memory-mapped above it (the
+pages are then shared by the ranks of a machine through the page cache and read on demand).
+Nothing is gathered through the process group. Several machines need the cache folder on a
+shared filesystem (as `out_dir` already is for resuming).
 """
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from videoft.data.dataset import Item, collate
-from videoft.data.loaders import build_eval_loader
-from videoft.engine.distributed import DistInfo, merge_from_ranks
+from videoft.data.dataset import Item
+from videoft.data.loaders import build_eval_loader, loader_options
+from videoft.data.samplers import epoch_key
+from videoft.engine.distributed import DistInfo, barrier, gather_to_main
 from videoft.engine.evaluate import forward_views
 
 log = logging.getLogger("videoft")
 
 
 @torch.no_grad()
-def extract_features(backbone: torch.nn.Module, loader: DataLoader, *, device: torch.device,
-                     amp_dtype: torch.dtype | None = None, show_progress: bool = True) -> tuple[dict, list]:
-    """{dataset index: features [V, D]} for every decodable video of `loader`, and the failures."""
+def write_feature_shard(backbone: torch.nn.Module, loader, path: str | Path, *, num_videos: int,
+                        device: torch.device, amp_dtype: torch.dtype | None = None, show_progress: bool = True) -> list:
+    """Features [V, D] of every decodable video of `loader` (at most `num_videos`), written batch by batch
+    to `path`.npy (float32 [num_videos, V, D]), their dataset indices to `path`.index.npy; returns the failures."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     was_training = backbone.training
     backbone.eval()
-    feats: dict[int, torch.Tensor] = {}
+    data: np.memmap | None = None
+    indices: list[int] = []
     failures: list = []
     for batch in tqdm(loader, desc="cache features", disable=not show_progress, leave=False, dynamic_ncols=True):
         failures += batch["failures"]
@@ -35,16 +50,58 @@ def extract_features(backbone: torch.nn.Module, loader: DataLoader, *, device: t
         if not valid.any():
             continue
         out = forward_views(backbone, batch["video"][valid], device=device, amp_dtype=amp_dtype)  # [B, V, D]
-        for k, idx in enumerate(batch["index"][valid].tolist()):
-            feats[idx] = out[k]
+        if data is None:  # the feature shape is known at the first batch
+            data = np.lib.format.open_memmap(path.with_suffix(".npy"), mode="w+", dtype=np.float32,
+                                             shape=(num_videos, *out.shape[1:]))
+        data[len(indices):len(indices) + len(out)] = out.numpy()
+        indices += batch["index"][valid].tolist()
     backbone.train(was_training)
-    return feats, failures
+    if data is not None:
+        data.flush()
+        del data
+    np.save(path.with_suffix(".index.npy"), np.asarray(indices, np.int64))  # written last: the shard is complete
+    return failures
+
+
+class FeatureStore:
+    """Every rank's feature shard, looked up by dataset index: in RAM or memory-mapped."""
+
+    def __init__(self, shards: list[tuple[np.ndarray, np.ndarray]], num_samples: int, *, nbytes: int = 0,
+                 memory_mapped: bool = False):
+        """shards: (dataset indices [n], features [>= n, V, D]) per rank."""
+        self.shards = [data for _, data in shards]
+        self.nbytes, self.memory_mapped = nbytes, memory_mapped
+        self.shard_of = np.full(num_samples, -1, np.int32)
+        self.row_of = np.zeros(num_samples, np.int64)
+        for s, (indices, _) in enumerate(shards):
+            self.shard_of[indices] = s
+            self.row_of[indices] = np.arange(len(indices))
+
+    @classmethod
+    def open(cls, paths: list[Path], num_samples: int, *, ram_limit_bytes: float) -> FeatureStore:
+        """Open the shards written by write_feature_shard; memory-map them when their total exceeds the limit."""
+        data_files = [p.with_suffix(".npy") for p in paths]
+        total = sum(f.stat().st_size for f in data_files if f.exists())
+        mmap = total > ram_limit_bytes
+        shards = []
+        for path, data_file in zip(paths, data_files):
+            indices = np.load(path.with_suffix(".index.npy"))
+            data = np.load(data_file, mmap_mode="r" if mmap else None) if data_file.exists() else np.empty((0,))
+            shards.append((indices, data))
+        return cls(shards, num_samples, nbytes=total, memory_mapped=mmap)
+
+    def __len__(self) -> int:
+        return int((self.shard_of >= 0).sum())
+
+    def get(self, index: int) -> torch.Tensor | None:  # [V, D]
+        s = self.shard_of[index]
+        return None if s < 0 else torch.from_numpy(np.array(self.shards[s][self.row_of[index]]))
 
 
 class FeatureDataset(Dataset):
     """Cached per-view features in the place of videos: items look like VideoClipDataset's."""
 
-    def __init__(self, features: dict[int, torch.Tensor], labels: list[int]):
+    def __init__(self, features: FeatureStore, labels: list[int]):
         self.features, self.labels = features, labels
 
     def __len__(self) -> int:
@@ -53,26 +110,36 @@ class FeatureDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Nothing to re-draw: the views are deterministic."""
 
-    def __getitem__(self, index: int) -> Item:
+    def __getitem__(self, key: int | tuple[int, int]) -> Item:
+        index, _ = epoch_key(key, 0)
         feats = self.features.get(index)
         return Item(video=feats, label=self.labels[index], index=index, valid=feats is not None,
                     frame_indices=None, failures=[])
 
 
-def cache_features(backbone: torch.nn.Module, loader: DataLoader, dist: DistInfo,
-                   amp_dtype: torch.dtype | None = None) -> tuple[DataLoader, list]:
-    """Run the frozen backbone once over the training views of `loader` (sharded over ranks), share
-    them, and return a loader of cached features with the same sampler, batch size and generator,
-    plus the (path, reason) decode failures."""
-    ds = loader.dataset
+def cache_features(backbone: torch.nn.Module, loader: DataLoader, dist: DistInfo, cache_dir: str | Path, *,
+                   amp_dtype: torch.dtype | None = None, ram_limit_mb: float = 1024) -> tuple[DataLoader, list]:
+    """Run the frozen backbone once over the training views of `loader` (sharded over ranks) into
+    `cache_dir`, and return a loader of cached features with the same sampler and batch size, plus the
+    (path, reason) decode failures of every rank (on rank 0; empty elsewhere)."""
+    ds, cache_dir = loader.dataset, Path(cache_dir)
+    if dist.is_main:  # a previous run's shards (maybe of another world size) must not be read
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        cache_dir.mkdir(parents=True)
+    barrier()
     shard = build_eval_loader(ds, batch_size=loader.batch_size, num_workers=loader.num_workers,
                               rank=dist.rank, world_size=dist.world_size, device=dist.device)
     t0 = time.perf_counter()
-    feats, failures = extract_features(backbone, shard, device=dist.device, amp_dtype=amp_dtype,
-                                       show_progress=dist.is_main)
-    merged, all_failures = merge_from_ranks(feats, failures)
-    log.info("linear probe: cached features of %d training videos (%d views each) in %.1f s",
-             len(merged), ds.num_clips * getattr(ds.transform, "num_crops", 1), time.perf_counter() - t0)
-    cached = FeatureDataset(merged, [s.label for s in ds.samples])
-    return DataLoader(cached, batch_size=loader.batch_size, sampler=loader.sampler, collate_fn=collate,
-                      generator=loader.generator), all_failures
+    paths = [cache_dir / f"rank{r:05d}" for r in range(dist.world_size)]
+    failures = write_feature_shard(backbone, shard, paths[dist.rank], num_videos=len(shard.sampler),
+                                   device=dist.device, amp_dtype=amp_dtype, show_progress=dist.is_main)
+    barrier()  # every shard is complete
+    store = FeatureStore.open(paths, len(ds), ram_limit_bytes=ram_limit_mb * 2**20)
+    log.info("linear probe: cached features of %d training videos (%d views each) in %.1f s: %.1f MB %s", len(store),
+             ds.num_clips * getattr(ds.transform, "num_crops", 1), time.perf_counter() - t0, store.nbytes / 2**20,
+             f"memory-mapped from {cache_dir}" if store.memory_mapped else "in RAM")
+    cached = FeatureDataset(store, [s.label for s in ds.samples])
+    parts = gather_to_main(failures)
+    options = {**loader_options(0, dist.device), "generator": loader.generator}
+    return (DataLoader(cached, batch_size=loader.batch_size, sampler=loader.sampler, **options),
+            [f for part in parts or [] for f in part])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from videoft.engine.distributed import all_reduce_sum
+from videoft.engine.distributed import all_reduce_sum, gather_to_main
 
 
 class NonFiniteLossError(RuntimeError):
@@ -59,6 +60,18 @@ def amp_dtype_for(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def configure_determinism(enabled: bool) -> None:
+    """Deterministic kernels where they exist: cuBLAS workspace, cuDNN without autotuning, torch's
+    deterministic algorithms (warn_only: an op without a deterministic version warns, naming itself)."""
+    if not enabled:
+        return
+    # read by cuBLAS when it creates its first handle, i.e. before the first matmul on the GPU
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def lr_factor_at(step: int, *, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
     """Linear warm-up then cosine decay to `min_ratio`, as a multiplier of each group's base LR."""
     if warmup_steps > 0 and step < warmup_steps:
@@ -96,6 +109,26 @@ def mix_batch(video: torch.Tensor, labels: torch.Tensor, num_classes: int, *, mi
     return video, lam * target + (1 - lam) * target[perm]
 
 
+@dataclass
+class _Totals:
+    """This rank's loss sum, correct predictions and clips, as Python numbers until the epoch's one reduction."""
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    clips: float = 0.0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = labels.shape[0]
+        self.loss_sum += loss.item() * n
+        self.correct += (logits.argmax(1) == labels).sum().item()
+        self.clips += n
+
+    def reduced(self) -> _Totals:
+        """Summed over all ranks (one all-reduce, on the collective device)."""
+        return _Totals(*all_reduce_sum(torch.tensor([self.loss_sum, self.correct, self.clips],
+                                                    dtype=torch.float64)).tolist())
+
+
 def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optimizer, *, device: torch.device,
                     opts: StepOptions, num_classes: int, step: int, lr_at: Callable[[int], float],
                     scaler: torch.amp.GradScaler | None = None, show_progress: bool = True,
@@ -103,46 +136,49 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
     """Train over `loader` once; returns the epoch's loss/accuracy reduced over all ranks.
 
     `step` is the global optimizer step at the start (the LR schedule is per step);
-    `on_step(step)` runs after every optimizer step (periodic checkpoints).
+    `on_step(step)` runs after every optimizer step (periodic checkpoints). The last window of
+    an epoch may hold fewer than `accum_steps` micro-batches: it is stepped too, its gradient
+    the mean over the micro-batches it holds, so an epoch takes ceil(batches / accum_steps)
+    steps. Failures come back from every rank on rank 0 (empty elsewhere).
     """
     model.train()
-    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, clips
-    failures: list = []
-    start = time.perf_counter()
-    micro = 0
-    steps_this_epoch = 0
+    totals, failures, start = _Totals(), [], time.perf_counter()
+    micro = steps_this_epoch = 0
+    num_batches = len(loader)  # equal on every rank (TrainSampler pads): the last window ends together
     bar = tqdm(loader, desc=epoch_desc, disable=not show_progress, leave=False, dynamic_ncols=True)
     optimizer.zero_grad(set_to_none=True)
-    for batch in bar:
+    for i, batch in enumerate(bar):
         failures += batch["failures"]
         video, labels = _batch_inputs(batch, device, opts)
         if labels.numel() == 0:
             continue
         if micro == 0:
             set_lr_factor(optimizer, lr_at(step))
-        last_micro = micro + 1 == opts.accum_steps
+        window_end = micro + 1 == opts.accum_steps or i + 1 == num_batches
         loss, logits = _forward_backward(model, video, labels, opts, num_classes=num_classes, scaler=scaler,
-                                         sync_grads=last_micro, where=f"step {step} ({epoch_desc})")
+                                         sync_grads=window_end, where=f"step {step} ({epoch_desc})")
         micro += 1
-        n = labels.shape[0]
-        totals += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64)
-        if last_micro:
-            _optimizer_step(model, optimizer, opts, scaler)
-            micro = 0
-            step += 1
-            steps_this_epoch += 1
+        totals.add(loss, logits, labels)
+        if window_end:
+            step = _optimizer_step(model, optimizer, opts, scaler, micro, step)
+            micro, steps_this_epoch = 0, steps_this_epoch + 1
             if on_step is not None:
                 on_step(step)
-        elapsed = time.perf_counter() - start
-        bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}",
-                        lr=f"{optimizer.param_groups[-1]['lr']:.2e}", clips_s=f"{totals[2] / elapsed:.1f}")
+        bar.set_postfix(loss=f"{totals.loss_sum / totals.clips:.3f}", acc=f"{totals.correct / totals.clips:.3f}",
+                        lr=f"{optimizer.param_groups[-1]['lr']:.2e}",
+                        clips_s=f"{totals.clips / (time.perf_counter() - start):.1f}")
         if opts.max_steps is not None and steps_this_epoch >= opts.max_steps:
             break
     bar.close()
-    seconds = time.perf_counter() - start
-    totals = all_reduce_sum(totals)
-    return EpochResult(loss=float(totals[0] / max(totals[2], 1)), accuracy=float(totals[1] / max(totals[2], 1)),
-                       clips=int(totals[2]), seconds=seconds, step=step, failures=failures)
+    if micro:  # the epoch's last batches were all undecodable: step what the window holds
+        step = _optimizer_step(model, optimizer, opts, scaler, micro, step)
+        if on_step is not None:
+            on_step(step)
+    seconds, total = time.perf_counter() - start, totals.reduced()
+    parts = gather_to_main(failures)
+    return EpochResult(loss=total.loss_sum / max(total.clips, 1), accuracy=total.correct / max(total.clips, 1),
+                       clips=int(total.clips), seconds=seconds, step=step,
+                       failures=[f for part in parts or [] for f in part])
 
 
 def _batch_inputs(batch: dict, device: torch.device, opts: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,8 +221,14 @@ def _forward_backward(model: torch.nn.Module, video: torch.Tensor, labels: torch
 
 
 def _optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, opts: StepOptions,
-                    scaler: torch.amp.GradScaler | None) -> None:
-    """Clip (after unscaling), step, zero the gradients."""
+                    scaler: torch.amp.GradScaler | None, micro_batches: int, step: int) -> int:
+    """Rescale a partial window, clip (after unscaling), step, zero the gradients; returns the next step."""
+    if micro_batches < opts.accum_steps:
+        # each micro-batch's loss was divided by accum_steps: make the gradient the mean over this window
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(opts.accum_steps / micro_batches)
     if opts.grad_clip:
         if scaler is not None:
             scaler.unscale_(optimizer)
@@ -197,6 +239,7 @@ def _optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, op
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    return step + 1
 
 
 @torch.no_grad()
