@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,14 +21,9 @@ from videoft.choices import (
     OPTIMIZERS,
     weights_source_problem,
 )
+from videoft.errors import ConfigError  # noqa: F401  (re-exported: `from videoft.config import ConfigError`)
 
-
-class ConfigError(ValueError):
-    """One or more problems in a configuration; the message lists all of them."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+log = logging.getLogger("videoft")
 
 
 @dataclass
@@ -48,6 +44,9 @@ class DataConfig:
     eval_crops: int = 1             # 1 (centre) or 3 spatial crops
     decoder: str = "auto"           # auto | decord | pyav
     balanced_sampler: bool = False  # draw classes uniformly (for imbalanced data)
+    decode_timeout: float | None = 60.0  # seconds a video may take to open or decode before it is abandoned
+                                    # (decoded in a child process that is killed then); null: no limit, in-process
+    audit: bool = False             # probe every video first (tools/audit.py, cached) and leave out unreadable ones
 
 
 @dataclass
@@ -148,6 +147,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError([f"cannot read {path}: {exc}"]) from None
         if not isinstance(raw, dict):
             raise ConfigError([f"{path}: the top level must be a mapping"])
+    typed = _apply_overrides(raw, overrides, problems)
+    _command_line_wins(raw, typed, path)
+    cfg = _build(Config, raw, "", problems)
+    problems += validate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], problems: list[str]) -> list[str]:
+    """Set each `a.b=value` in `raw`; returns the keys set, in the order typed."""
+    typed = []
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -162,11 +173,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
                 break
         else:
             node[leaf] = yaml.safe_load(value) if value.strip() else None
-    cfg = _build(Config, raw, "", problems)
-    problems += validate(cfg)
-    if problems:
-        raise ConfigError(problems)
-    return cfg
+            typed.append(key.strip())
+    return typed
+
+
+# keys of which only one may be set; one typed on the command line replaces the other from the file
+EXCLUSIVE_KEYS = (("model", "pretrained"), ("model", "weights"))
+
+
+def _command_line_wins(raw: dict, typed: list[str], path: str | Path | None) -> None:
+    """`model.weights=F` typed over a file that says `pretrained: kinetics400` (or the reverse) replaces
+    it, with a notice: the user should not have to know to also type `model.pretrained=null`. The
+    same pair set in one place (both in the file, or both typed) stays an error (validate says so)."""
+    section = raw.get("model")
+    if not isinstance(section, dict):
+        return
+    names = [name for _, name in EXCLUSIVE_KEYS]
+    given = [n for n in names if section.get(n) is not None]
+    on_line = [n for n in given if f"model.{n}" in typed]
+    if len(given) == 2 and len(on_line) == 1:
+        kept, dropped = on_line[0], next(n for n in given if n != on_line[0])
+        log.warning("model.%s=%s (command line) replaces model.%s=%s from %s", kept, section[kept], dropped,
+                    section[dropped], path or "the defaults")
+        section[dropped] = None
 
 
 def validate(cfg: Config) -> list[str]:
@@ -179,28 +208,78 @@ def validate(cfg: Config) -> list[str]:
             problems.append(f"{key}: {flat[section][name]!r} is not one of {list(allowed)}")
     if not cfg.data.root:
         problems.append("data.root: required (a class folder, split folders or a list file)")
-    positive = {"data.batch_size": cfg.data.batch_size, "data.eval_clips": cfg.data.eval_clips,
-                "train.epochs": cfg.train.epochs, "optim.accum_steps": cfg.optim.accum_steps,
-                "optim.lr": cfg.optim.lr}
-    problems += [f"{k}: must be > 0, got {v}" for k, v in positive.items() if not v > 0]
-    for k in ("clip_len", "frame_stride", "crop_size", "short_side"):
-        v = getattr(cfg.data, k)
-        if v is not None and v < 1:
-            problems.append(f"data.{k}: must be >= 1 or null, got {v}")
-    lo, hi = cfg.data.scale_jitter
-    if not 0 < lo <= hi:
-        problems.append(f"data.scale_jitter: needs 0 < low <= high, got {list(cfg.data.scale_jitter)}")
-    if not 0 <= cfg.data.val_fraction < 1 or not 0 <= cfg.data.test_fraction < 1:
-        problems.append("data.val_fraction and data.test_fraction must be in [0, 1)")
-    if cfg.data.num_workers < 0:
-        problems.append(f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
+    problems += _range_problems(flat)
+    d = cfg.data
+    if d.crop_size is not None and d.short_side is not None and d.crop_size > d.short_side * d.scale_jitter[0]:
+        problems.append(f"data.crop_size {d.crop_size} is larger than the frames it is cut from (data.short_side "
+                        f"{d.short_side} x data.scale_jitter low {d.scale_jitter[0]}): lower the crop or raise "
+                        "the short side")
     if cfg.train.linear_probe and cfg.freeze.unfreeze.every:
         problems.append("train.linear_probe keeps the whole backbone frozen: freeze.unfreeze.every must be 0")
     weights_problem = weights_source_problem(cfg.model.pretrained, cfg.model.weights)
     if weights_problem:
         problems.append(weights_problem)
+    problems += _path_problems(cfg)
+    return problems
+
+
+# (key, lowest, highest, brackets): highest None = unbounded; "(" / ")" exclude the bound, "[" / "]" include it
+_RANGES = (
+    ("data.batch_size", 1, None, "[]"), ("data.eval_clips", 1, None, "[]"), ("data.num_workers", 0, None, "[]"),
+    ("data.val_fraction", 0, 1, "[)"), ("data.test_fraction", 0, 1, "[)"), ("data.decode_timeout", 0, None, "()"),
+    ("data.clip_len", 1, None, "[]"), ("data.frame_stride", 1, None, "[]"), ("data.crop_size", 1, None, "[]"),
+    ("data.short_side", 1, None, "[]"),
+    ("model.dropout", 0, 1, "[)"),
+    ("freeze.stages", -1, None, "[]"),
+    ("optim.lr", 0, None, "()"), ("optim.backbone_lr", 0, None, "[]"), ("optim.layer_decay", 0, 1, "(]"),
+    ("optim.weight_decay", 0, None, "[]"), ("optim.momentum", 0, 1, "[)"), ("optim.warmup_epochs", 0, None, "[]"),
+    ("optim.min_lr_ratio", 0, 1, "[]"), ("optim.label_smoothing", 0, 1, "[)"), ("optim.grad_clip", 0, None, "()"),
+    ("optim.accum_steps", 1, None, "[]"), ("optim.mixup_alpha", 0, None, "[]"), ("optim.cutmix_alpha", 0, None, "[]"),
+    ("train.epochs", 1, None, "[]"), ("train.eval_every", 1, None, "[]"), ("train.early_stop_patience", 0, None, "[]"),
+    ("train.checkpoint_every_steps", 0, None, "[]"), ("train.max_steps_per_epoch", 1, None, "[]"),
+    ("train.precise_bn_batches", 0, None, "[]"), ("train.threads", 1, None, "[]"),
+)
+
+
+def _range_problems(flat: dict) -> list[str]:
+    """Every numeric key outside its range (null is allowed where the type allows it)."""
+    problems = []
+    for key, lo, hi, brackets in _RANGES:
+        node = flat
+        for part in key.split("."):
+            node = node[part]
+        if node is None:
+            continue
+        ok_lo = node > lo if brackets[0] == "(" else node >= lo
+        ok_hi = hi is None or (node < hi if brackets[1] == ")" else node <= hi)
+        if not (ok_lo and ok_hi):
+            problems.append(f"{key}: {node} is out of range (allowed: {_allowed(lo, hi, brackets)})")
+    u = flat["freeze"]["unfreeze"]
+    problems += [f"freeze.unfreeze.{k}: {v} must be >= 0" for k, v in u.items() if v < 0]
+    lo, hi = flat["data"]["scale_jitter"]
+    if not 0 < lo <= hi:
+        problems.append(f"data.scale_jitter: needs 0 < low <= high, got {[lo, hi]}")
+    if not all(0 <= b < 1 for b in flat["optim"]["betas"]):
+        problems.append(f"optim.betas: {flat['optim']['betas']} must both be in [0, 1)")
+    return problems
+
+
+def _allowed(lo: float, hi: float | None, brackets: str) -> str:
+    if hi is None:
+        return f"> {lo}" if brackets[0] == "(" else f">= {lo}"
+    return f"{brackets[0]}{lo}, {hi}{brackets[1]}"
+
+
+def _path_problems(cfg: Config) -> list[str]:
+    """Files the config names that do not exist (URLs are checked when they are fetched)."""
+    problems = []
     if cfg.resume not in (None, "auto") and not Path(cfg.resume).exists():
         problems.append(f"resume: {cfg.resume} does not exist (use 'auto' or a checkpoint path)")
+    if cfg.model.init_from and not Path(cfg.model.init_from).is_file():
+        problems.append(f"model.init_from: {cfg.model.init_from} does not exist (give a videoft best.pt/last.pt)")
+    w = cfg.model.weights
+    if w and "://" not in w and not Path(w).expanduser().is_file():
+        problems.append(f"model.weights: {w} does not exist (a local file, or an http(s):// or file:// URL)")
     return problems
 
 

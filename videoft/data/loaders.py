@@ -31,14 +31,16 @@ def build_train_loader(samples: Sequence[VideoSample], pre: Preprocessing, *, ba
                        num_workers: int, seed: int, rank: int = 0, world_size: int = 1,
                        device: torch.device = torch.device("cpu"), backend: str = "auto",
                        hflip: bool = True, scale_jitter: tuple[float, float] = (1.0, 1.25),
-                       balanced: bool = False, fixed_views: tuple[int, int] | None = None) -> DataLoader:
+                       balanced: bool = False, fixed_views: tuple[int, int] | None = None,
+                       decode_timeout: float | None = None) -> DataLoader:
     """One random clip per video and epoch (epoch-seeded TrainSampler, sharded over ranks).
 
     batch_size: per rank. fixed_views=(clips, crops): the deterministic evaluation views
     instead (linear probe: a frozen backbone's output for them never changes).
+    decode_timeout: seconds before a video's decode is abandoned (None: no limit; see VideoClipDataset).
     """
     common = {"clip_len": pre.clip_len, "stride": pre.frame_stride, "short_side": pre.short_side,
-              "backend": backend, "seed": seed}
+              "backend": backend, "seed": seed, "decode_timeout": decode_timeout}
     if fixed_views is not None:
         clips, crops = fixed_views
         dataset = VideoClipDataset(samples, train=False, transform=pre.eval_transform(crops), num_clips=clips,
@@ -54,7 +56,7 @@ def build_train_loader(samples: Sequence[VideoSample], pre: Preprocessing, *, ba
 def build_eval_loader(samples: Sequence[VideoSample] | VideoClipDataset, pre: Preprocessing | None = None, *,
                       num_clips: int = 1, num_crops: int = 1, batch_size: int, num_workers: int,
                       rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
-                      backend: str = "auto", seed: int = 0) -> DataLoader:
+                      backend: str = "auto", seed: int = 0, decode_timeout: float | None = None) -> DataLoader:
     """Every view of every video, each video on exactly one rank (ShardSampler, no padding).
 
     `samples` may be an existing evaluation-mode dataset (the linear probe reshards its training
@@ -66,6 +68,6 @@ def build_eval_loader(samples: Sequence[VideoSample] | VideoClipDataset, pre: Pr
         assert pre is not None, "build_eval_loader needs the preprocessing to build a dataset"
         dataset = VideoClipDataset(samples, clip_len=pre.clip_len, stride=pre.frame_stride, train=False,
                                    transform=pre.eval_transform(num_crops), short_side=pre.short_side,
-                                   num_clips=num_clips, backend=backend, seed=seed)
+                                   num_clips=num_clips, backend=backend, seed=seed, decode_timeout=decode_timeout)
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
                       **loader_options(num_workers, device))

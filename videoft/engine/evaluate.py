@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from videoft.engine.distributed import merge_from_ranks
 from videoft.engine.metrics import compute_metrics
+from videoft.progress import progress
 
 
 @dataclass
@@ -66,7 +66,7 @@ def predict(model: torch.nn.Module, loader, *, device: torch.device, num_clips: 
     model.eval()
     local: dict[int, tuple] = {}
     failures = []
-    for batch in tqdm(loader, desc=desc, disable=not show_progress, leave=False, dynamic_ncols=True):
+    for batch in progress(loader, desc=desc, enabled=show_progress, unit="batch"):
         failures += batch["failures"]
         valid = batch["valid"]
         if not valid.any():

@@ -11,12 +11,12 @@ import time
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from videoft.data.dataset import Item, collate
 from videoft.data.loaders import build_eval_loader
 from videoft.engine.distributed import DistInfo, merge_from_ranks
 from videoft.engine.evaluate import forward_views
+from videoft.progress import progress
 
 log = logging.getLogger("videoft")
 
@@ -29,7 +29,7 @@ def extract_features(backbone: torch.nn.Module, loader: DataLoader, *, device: t
     backbone.eval()
     feats: dict[int, torch.Tensor] = {}
     failures: list = []
-    for batch in tqdm(loader, desc="cache features", disable=not show_progress, leave=False, dynamic_ncols=True):
+    for batch in progress(loader, desc="cache features", enabled=show_progress, unit="batch"):
         failures += batch["failures"]
         valid = batch["valid"]
         if not valid.any():

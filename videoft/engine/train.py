@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from videoft.engine.distributed import all_reduce_sum
+from videoft.progress import progress
 
 
 class NonFiniteLossError(RuntimeError):
@@ -111,7 +111,7 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
     start = time.perf_counter()
     micro = 0
     steps_this_epoch = 0
-    bar = tqdm(loader, desc=epoch_desc, disable=not show_progress, leave=False, dynamic_ncols=True)
+    bar = progress(loader, desc=epoch_desc, enabled=show_progress, unit="batch")
     optimizer.zero_grad(set_to_none=True)
     for batch in bar:
         failures += batch["failures"]

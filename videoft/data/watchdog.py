@@ -1,0 +1,193 @@
+"""Decoding with a time limit: a child process decodes, and is killed when a video takes too long.
+
+decord can hang inside C code while holding the GIL (a frame count that the header over-reports),
+so neither a thread nor a signal in the decoding process can stop it. Instead each process that
+decodes (a DataLoader worker, or the main process with `num_workers=0`) forks one decode child and
+asks it for frames over a pipe. A request that has not returned within the limit gets the child
+killed (SIGKILL) and the video reported as a :class:`VideoDecodeError`, like any undecodable file;
+the next request starts a fresh child. A decoder that crashes (segfault) is reported the same way
+instead of taking the DataLoader worker, and with it the run, down.
+
+The child is forked, not spawned, so starting one costs milliseconds, not a Python start-up; where
+`os.fork` does not exist (Windows), videos are decoded in process with no time limit (logged once).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import traceback
+from collections.abc import Sequence
+from multiprocessing.connection import Connection, Pipe
+from typing import Any
+
+import torch
+
+from videoft.data.decode import VideoDecodeError, VideoReader
+
+log = logging.getLogger(__name__)
+_no_fork_logged = False
+
+
+class DecodeProcess:
+    """A forked child that opens and decodes videos on request, killed and restarted on a timeout.
+
+    One per process that decodes: a copy inherited through fork (a DataLoader worker) or unpickled
+    (a spawned worker) starts its own child on first use and never touches its parent's.
+    """
+
+    def __init__(self, timeout: float):
+        if timeout <= 0:
+            raise ValueError(f"decode timeout must be > 0 seconds, got {timeout}")
+        self.timeout = float(timeout)
+        self._owner: int | None = None  # pid of the process whose child this is
+        self._pid: int | None = None
+        self._conn: Connection | None = None
+
+    def __getstate__(self) -> dict:
+        return {"timeout": self.timeout}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["timeout"])
+
+    def open(self, path: str | os.PathLike, *, short_side: int | None, backend: str) -> VideoReader | GuardedReader:
+        """A reader of `path` whose opening and decoding are subject to the time limit."""
+        if not hasattr(os, "fork"):  # pragma: no cover - Windows
+            _log_no_fork()
+            return VideoReader(path, short_side=short_side, backend=backend)
+        return GuardedReader(self, path, short_side=short_side, backend=backend)
+
+    def request(self, path: str, message: tuple) -> Any:
+        """Send one request to the child and wait at most `timeout` seconds for its answer."""
+        if self._owner != os.getpid() or self._pid is None:
+            self._start()
+        try:
+            self._conn.send(message)
+        except OSError:  # the child died since the last answer: start another one
+            self._stop()
+            self._start()
+            self._conn.send(message)
+        if not self._conn.poll(self.timeout):
+            self._stop()
+            raise VideoDecodeError(path, f"opening or decoding took longer than {self.timeout:g} s "
+                                         "(data.decode_timeout); abandoned")
+        try:
+            kind, payload = self._conn.recv()
+        except (EOFError, OSError):
+            status = self._stop()
+            raise VideoDecodeError(path, f"the decoder crashed on this file ({status})") from None
+        if kind == "ok":
+            return payload
+        if kind == "decode_error":
+            raise VideoDecodeError(path, payload)
+        raise payload  # any other exception: a bug, re-raised as it was in the child
+
+    def close(self) -> None:
+        """Stop the child (it would also exit by itself when this process goes away)."""
+        if self._owner == os.getpid():
+            self._stop()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: modules may already be gone
+            pass
+
+    def _start(self) -> None:
+        parent_end, child_end = Pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: serve until the parent closes its end or dies, never return
+            code = 0
+            try:
+                parent_end.close()
+                _serve(child_end)
+            except BaseException:  # noqa: BLE001 - nothing may escape into the parent's code
+                code = 1
+            finally:
+                os._exit(code)
+        child_end.close()
+        self._owner, self._pid, self._conn = os.getpid(), pid, parent_end
+
+    def _stop(self) -> str:
+        """Kill and reap the child; returns how it ended, in words."""
+        pid, conn = self._pid, self._conn
+        self._pid = self._conn = None
+        if conn is not None:
+            conn.close()
+        if pid is None:
+            return "no decoder running"
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return "exit status unknown"
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            return f"killed by {signal.Signals(sig).name}" if sig in signal.valid_signals() else f"signal {sig}"
+        return f"exit code {os.WEXITSTATUS(status)}"
+
+
+class GuardedReader:
+    """:class:`VideoReader`'s interface (`path`, `info`, `backend`, `get_frames`), decoded in a
+    :class:`DecodeProcess` with its time limit on the opening and on every `get_frames`."""
+
+    def __init__(self, process: DecodeProcess, path: str | os.PathLike, *, short_side: int | None, backend: str):
+        self.process, self.path = process, str(path)
+        self.short_side, self.requested_backend = short_side, backend
+        self.info, self.backend = process.request(self.path, ("open", self.path, short_side, backend))
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:  # [T, H, W, C] uint8
+        """Decode exactly the frames at `indices` in the child (it re-opens the file if it was restarted)."""
+        frames, self.info, self.backend = self.process.request(
+            self.path, ("frames", self.path, self.short_side, self.requested_backend, [int(i) for i in indices]))
+        return torch.from_numpy(frames)
+
+
+def _serve(conn: Connection) -> None:
+    """The child's loop: one request in, one answer out, the current video kept open between them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    torch.set_num_threads(1)  # as in a DataLoader worker: the parent's OpenMP pool does not survive fork
+    reader: VideoReader | None = None
+    key = None
+    while True:
+        try:
+            op, path, short_side, backend, *rest = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        try:
+            if op == "open" or reader is None or key != (path, short_side, backend):
+                reader, key = None, (path, short_side, backend)
+                reader = VideoReader(path, short_side=short_side, backend=backend)
+            if op == "open":
+                answer = ("ok", (reader.info, reader.backend))
+            else:
+                frames = reader.get_frames(rest[0]).numpy()
+                answer = ("ok", (frames, reader.info, reader.backend))
+        except VideoDecodeError as err:
+            answer = ("decode_error", err.reason)
+        except Exception as err:  # noqa: BLE001 - a bug: sent back to be raised in the parent
+            answer = ("error", _portable(err))
+        conn.send(answer)
+
+
+def _portable(err: Exception) -> Exception:
+    """`err` if it survives pickling, else a RuntimeError carrying its traceback."""
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:  # noqa: BLE001
+        return RuntimeError("".join(traceback.format_exception(err)))
+
+
+def _log_no_fork() -> None:  # pragma: no cover - Windows
+    global _no_fork_logged
+    if not _no_fork_logged:
+        _no_fork_logged = True
+        log.warning("no os.fork on this platform: videos are decoded without data.decode_timeout")
+
+
+__all__ = ["DecodeProcess", "GuardedReader"]
