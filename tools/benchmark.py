@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from videoft.errors import report_user_errors
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -178,6 +180,7 @@ def bench_watchdog(args) -> dict:
     return results
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)

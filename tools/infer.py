@@ -16,6 +16,7 @@ import sys
 
 from videoft.choices import DECODERS, EVAL_CROPS
 from videoft.data.decode import VideoDecodeError
+from videoft.errors import report_user_errors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     problems = [f"--{k} must be positive, got {v}" for k, v in
@@ -46,12 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from videoft.inference import Predictor
 
-    try:
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, num_clips=args.clips,
-                                              num_crops=args.crops, backend=args.decoder)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, num_clips=args.clips,
+                                          num_crops=args.crops, backend=args.decoder)
     failed = 0
     csv_rows = []
     for video in args.videos:

@@ -36,16 +36,16 @@ class UserError(ValueError):
 class ConfigError(UserError):
     """One or more problems in a configuration; the message lists all of them, one per line."""
 
-    def __init__(self, problems: list[str] | str):
-        if isinstance(problems, str):  # rebuilt from its text (DataLoader worker, pickling)
+    def __init__(self, problems: list[str] | str, header: str = "invalid configuration"):
+        if isinstance(problems, str):  # rebuilt from its text (DataLoader worker)
             super().__init__(problems)
-            self.problems = [problems]
+            self.problems, self.header = [problems], header
             return
-        self.problems = list(problems)
-        super().__init__("invalid configuration:\n  - " + "\n  - ".join(self.problems))
+        self.problems, self.header = list(problems), header
+        super().__init__(f"{header}:\n  - " + "\n  - ".join(self.problems))
 
     def __reduce__(self):
-        return (type(self), (self.problems,))
+        return (type(self), (self.problems, self.header))
 
 
 class DataError(UserError):

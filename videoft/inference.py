@@ -18,11 +18,13 @@ from videoft.checkpoint import RunCheckpoint, read_run_checkpoint
 from videoft.data.clip_indices import clip_span, eval_clip_indices, union_indices
 from videoft.data.dataset import decode_views, views_from_frames
 from videoft.data.decode import VideoReader
+from videoft.errors import CheckpointError
 from videoft.models.classifier import VideoClassifier, build_classifier
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[VideoClassifier, RunCheckpoint]:
-    """The classifier of a videoft checkpoint (eval mode on `device`) and the checkpoint."""
+    """The classifier of a videoft checkpoint (eval mode on `device`) and the checkpoint; CheckpointError in
+    one line when `path` is not a videoft checkpoint or its weights do not fit."""
     ckpt = read_run_checkpoint(path)
     pre = ckpt.preprocessing
     model = build_classifier(ckpt.backbone, ckpt.num_classes, clip_len=pre.clip_len, crop_size=pre.crop_size,
@@ -30,7 +32,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Vi
     try:
         model.load_state_dict(ckpt.model)  # strict: a checkpoint that does not fit is an error
     except RuntimeError as err:
-        raise ValueError(f"{path}: its weights do not fit a {ckpt.backbone} classifier with "
+        raise CheckpointError(f"{path}: its weights do not fit a {ckpt.backbone} classifier with "
                          f"{ckpt.num_classes} classes ({str(err).splitlines()[0]})") from None
     return model.to(device).eval(), ckpt
 

@@ -1,7 +1,7 @@
 """The fine-tuning recipe: setup -> fit -> cleanup. The one place that sees config, data, model and engine.
 
     recipe = FineTuneRecipe(cfg, dist_info, out_dir)
-    recipe.setup()      # data, model, optimizer, loaders, LR schedule, resume, DDP wrap (in this order)
+    recipe.setup()      # data, checks, model, optimizer, loaders, LR schedule, resume, DDP wrap (in this order)
     summary = recipe.fit()
 
 `run(cfg)` does all of it (with the process group and logging) for tools/train.py. Each setup step
@@ -46,9 +46,11 @@ from videoft.engine.train import (
     recompute_bn_stats,
     train_one_epoch,
 )
+from videoft.errors import CheckpointError
 from videoft.models.backbones import BackboneSpec, get_backbone_spec
 from videoft.models.classifier import VideoClassifier, build_classifier
 from videoft.models.freezing import UnfreezeSchedule, freeze_stages, param_groups
+from videoft.preflight import audit_splits, check_run
 
 log = logging.getLogger("videoft")
 
@@ -111,12 +113,15 @@ class FineTuneRecipe:
                               patience_left=cfg.train.early_stop_patience)
         self.schedule: UnfreezeSchedule | None = None
         self.scaler: torch.amp.GradScaler | None = None
+        self.resume_checkpoint: RunCheckpoint | None = None     # read by validate_setup, used by maybe_resume
+        self.init_checkpoint: RunCheckpoint | None = None
 
     # ---- setup ------------------------------------------------------------------------------------------
     def setup(self) -> None:
         """Every step in order; the order is part of the recipe (the RNG is drawn in this order)."""
         self.setup_runtime()
         self.setup_data()
+        self.validate_setup()
         self.setup_model()
         self.setup_optimizer()
         self.setup_loaders()
@@ -139,11 +144,11 @@ class FineTuneRecipe:
         self.pre = resolve_preprocessing(cfg, self.spec)
         self.splits, self.classes = load_splits(cfg.data.root, val_fraction=cfg.data.val_fraction,
                                                 test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed)
-        if not self.splits.get("train"):
-            raise ValueError(f"data.root {cfg.data.root}: no training videos found")
-        if cfg.data.batch_size % dist.world_size:
-            raise ValueError(f"data.batch_size {cfg.data.batch_size} (the global batch) must be divisible by "
-                             f"the number of processes {dist.world_size}")
+        if cfg.data.audit:  # after the split, so leaving files out does not move the others between splits
+            self.splits, quarantined = audit_splits(self.splits, self.classes, self.pre, dist, self.out_dir,
+                                                    root=cfg.data.root, workers=cfg.data.num_workers,
+                                                    timeout=cfg.data.decode_timeout)
+            self.state.failures.update(quarantined)
         log.info("data %s: %d classes\n%s", cfg.data.root, len(self.classes),
                  split_summary(self.splits, self.classes))
         log.info("backbone %s, clip %d frames x stride %d, crop %d (short side %d), %d process(es) on %s",
@@ -155,6 +160,15 @@ class FineTuneRecipe:
             (self.out_dir / "splits.json").write_text(json.dumps(
                 {k: [s.path for s in v] for k, v in self.splits.items()}, indent=1))
 
+    def validate_setup(self) -> None:
+        """Every check that needs no model (geometry, runtime, data, resume/init_from checkpoints), before
+        the model is built or weights downloaded: all problems in one error, warnings logged."""
+        found = check_run(self.cfg, self.spec, self.pre, self.dist, self.splits, self.classes, self.resume_path())
+        for warning in found.warnings:
+            log.warning("%s", warning)
+        found.raise_if_any()
+        self.resume_checkpoint, self.init_checkpoint = found.resume, found.init_from
+
     def setup_model(self) -> None:
         """Build the classifier (weights, init_from), freeze as configured, move it to the device."""
         cfg, spec = self.cfg, self.spec
@@ -163,7 +177,7 @@ class FineTuneRecipe:
                                  weights=cfg.model.weights, on_missing_weights=cfg.model.on_missing_weights,
                                  dropout=cfg.model.dropout, model_dir=cfg.model.model_dir)
         if cfg.model.init_from:
-            init_from_checkpoint(model, cfg.model.init_from, self.classes)
+            init_from_checkpoint(model, cfg.model.init_from, self.classes, ckpt=self.init_checkpoint)
         total = len(spec.stages)
         frozen = total if cfg.freeze.stages < 0 or cfg.train.linear_probe else min(cfg.freeze.stages, total)
         u = cfg.freeze.unfreeze
@@ -199,7 +213,8 @@ class FineTuneRecipe:
             self.val_loader = build_eval_loader(
                 self.splits["val"], self.pre, num_clips=d.eval_clips, num_crops=d.eval_crops,
                 batch_size=max(1, per_rank_batch // 2), num_workers=d.num_workers, rank=dist.rank,
-                world_size=dist.world_size, device=dist.device, backend=d.decoder, seed=cfg.seed)
+                world_size=dist.world_size, device=dist.device, backend=d.decoder, seed=cfg.seed,
+                decode_timeout=d.decode_timeout)
         if cfg.train.linear_probe and cfg.train.cache_features:
             self.train_loader, failures = cache_features(self.raw_model.backbone, self.train_loader, dist,
                                                          self.amp_dtype)
@@ -238,12 +253,13 @@ class FineTuneRecipe:
         path = self.resume_path()
         if path is None or not path.is_file():
             if self.cfg.resume not in (None, "auto"):
-                raise FileNotFoundError(f"resume: {self.cfg.resume} does not exist")
+                raise CheckpointError(f"resume: {self.cfg.resume} does not exist")
             return False
-        ckpt = read_run_checkpoint(path)
-        check_resume_compatible(ckpt, self.cfg, self.classes, path)
-        if ckpt.training is None:
-            raise ValueError(f"cannot resume from {path}: it holds weights only, no training state")
+        ckpt = self.resume_checkpoint
+        if ckpt is None:  # validate_setup was not run (a step called on its own)
+            ckpt = read_run_checkpoint(path)
+            check_resume_compatible(ckpt, self.cfg, self.classes, path, self.pre)
+        self.resume_checkpoint = None  # the weights and optimizer state need not stay in memory
         t = ckpt.training
         if self.schedule is not None and t.unfreeze:
             self.schedule.load_state_dict(t.unfreeze)

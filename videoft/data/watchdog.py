@@ -18,7 +18,7 @@ import os
 import pickle
 import signal
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
@@ -57,6 +57,10 @@ class DecodeProcess:
             _log_no_fork()
             return VideoReader(path, short_side=short_side, backend=backend)
         return GuardedReader(self, path, short_side=short_side, backend=backend)
+
+    def call(self, path: str | os.PathLike, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` run in the child under the time limit (`fn` about `path`, named in a timeout)."""
+        return self.request(str(path), ("call", str(path), None, None, fn, args))
 
     def request(self, path: str, message: tuple) -> Any:
         """Send one request to the child and wait at most `timeout` seconds for its answer."""
@@ -159,6 +163,10 @@ def _serve(conn: Connection) -> None:
         except (EOFError, OSError):
             return  # the parent is gone
         try:
+            if op == "call":
+                fn, args = rest
+                conn.send(("ok", fn(*args)))
+                continue
             if op == "open" or reader is None or key != (path, short_side, backend):
                 reader, key = None, (path, short_side, backend)
                 reader = VideoReader(path, short_side=short_side, backend=backend)
