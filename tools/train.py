@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="YAML config (see configs/)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.root=DIR")
     parser.add_argument("--resume", action="store_true", help="continue from out_dir/last.pt if present")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # `--resume` may come before or after the overrides
     overrides = list(args.overrides) + (["resume=auto"] if args.resume else [])
     cfg = load_config(args.config, overrides)  # a ConfigError is a user error: one message, exit 2
     from videoft.engine.train import NonFiniteLossError  # heavy imports once the config is valid

@@ -8,6 +8,7 @@ figures the loop sets with `set_postfix`, elapsed time and an estimate of the ti
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 log = logging.getLogger("videoft")
 
-LOG_INTERVAL_S = 60.0  # one progress line a minute when not on a terminal
+LOG_INTERVAL_S = 60.0  # one progress line a minute when not on a terminal (VIDEOFT_PROGRESS_SECONDS overrides)
 
 
 def progress(iterable: Iterable, *, desc: str, total: int | None = None, enabled: bool = True,
@@ -25,8 +26,9 @@ def progress(iterable: Iterable, *, desc: str, total: int | None = None, enabled
     """A tqdm bar when stderr is a terminal, else a LineProgress; both have set_postfix and close."""
     if enabled and sys.stderr.isatty():
         return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, unit=unit)
-    return LineProgress(iterable, desc=desc, total=total, enabled=enabled,
-                        interval=LOG_INTERVAL_S if interval is None else interval, unit=unit)
+    if interval is None:
+        interval = float(os.environ.get("VIDEOFT_PROGRESS_SECONDS") or LOG_INTERVAL_S)
+    return LineProgress(iterable, desc=desc, total=total, enabled=enabled, interval=interval, unit=unit)
 
 
 class LineProgress:

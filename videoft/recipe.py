@@ -138,7 +138,7 @@ class FineTuneRecipe:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
     def setup_data(self) -> None:
-        """Backbone spec, preprocessing, splits and classes; rank 0 writes config/classes/splits."""
+        """Backbone spec, preprocessing, splits and classes (with data.audit: quarantined files left out)."""
         cfg, dist = self.cfg, self.dist
         self.spec = get_backbone_spec(cfg.model.backbone)
         self.pre = resolve_preprocessing(cfg, self.spec)
@@ -154,11 +154,6 @@ class FineTuneRecipe:
         log.info("backbone %s, clip %d frames x stride %d, crop %d (short side %d), %d process(es) on %s",
                  self.spec.name, self.pre.clip_len, self.pre.frame_stride, self.pre.crop_size, self.pre.short_side,
                  dist.world_size, dist.device)
-        if dist.is_main:
-            dump_config(cfg, self.out_dir / "config.yaml")
-            (self.out_dir / "classes.txt").write_text("\n".join(self.classes) + "\n")
-            (self.out_dir / "splits.json").write_text(json.dumps(
-                {k: [s.path for s in v] for k, v in self.splits.items()}, indent=1))
 
     def validate_setup(self) -> None:
         """Every check that needs no model (geometry, runtime, data, resume/init_from checkpoints), before
@@ -168,6 +163,11 @@ class FineTuneRecipe:
             log.warning("%s", warning)
         found.raise_if_any()
         self.resume_checkpoint, self.init_checkpoint = found.resume, found.init_from
+        if self.dist.is_main:  # only now: a refused run (a resume that does not fit) leaves out_dir as it was
+            dump_config(self.cfg, self.out_dir / "config.yaml")
+            (self.out_dir / "classes.txt").write_text("\n".join(self.classes) + "\n")
+            (self.out_dir / "splits.json").write_text(json.dumps(
+                {k: [s.path for s in v] for k, v in self.splits.items()}, indent=1))
 
     def setup_model(self) -> None:
         """Build the classifier (weights, init_from), freeze as configured, move it to the device."""

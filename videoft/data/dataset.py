@@ -283,8 +283,8 @@ class VideoClipDataset(Dataset):
                 current = rng.randrange(len(self.samples))
         # raised in a DataLoader worker: DataError rebuilds this one line from the worker's traceback
         raise DataError(f"{len(failures)} videos in a row failed to decode (last: {failures[-1][0]}: "
-                        f"{failures[-1][1]})", remedy="most files seem unreadable: run tools/audit.py "
-                        "on it, or set data.audit=true to leave unreadable files out")
+                        f"{failures[-1][1]})", remedy="Most files seem unreadable: run tools/audit.py "
+                        "on the data, or set data.audit=true to leave unreadable files out")
 
     def _eval_item(self, index: int) -> Item:
         sample = self.samples[index]

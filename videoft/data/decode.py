@@ -301,7 +301,7 @@ def _check_file(path: str) -> None:
 def _stat_reason(path: str, exc: OSError) -> str:
     """Why os.stat/open failed, in words: a missing file, a dangling link, a link loop, no permission..."""
     if exc.errno == errno.ELOOP:
-        return "symbolic link loop (the link points back to itself)"
+        return "symbolic link loop (following its links never reaches a file)"
     if exc.errno == errno.ENOENT and os.path.islink(path):
         return f"dangling symbolic link (its target {os.readlink(path)} does not exist)"
     if exc.errno == errno.ENOENT:
