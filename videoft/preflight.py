@@ -92,9 +92,6 @@ def geometry_problems(cfg: Config, spec: BackboneSpec, pre: Preprocessing) -> li
     if cfg.freeze.unfreeze.min_frozen > total:
         problems.append(f"freeze.unfreeze.min_frozen: {cfg.freeze.unfreeze.min_frozen}, but {spec.name} has "
                         f"{total} stages")
-    if cfg.model.pretrained is not None and spec.weights_url is None:
-        problems.append(f"model.pretrained: {spec.name} has no official {cfg.model.pretrained} weights here; "
-                        "pass model.weights=PATH_OR_URL instead")
     return problems
 
 

@@ -207,7 +207,8 @@ class FineTuneRecipe:
         self.train_loader = build_train_loader(
             self.splits["train"], self.pre, batch_size=per_rank_batch, num_workers=d.num_workers, seed=cfg.seed,
             rank=dist.rank, world_size=dist.world_size, device=dist.device, backend=d.decoder, hflip=d.hflip,
-            scale_jitter=d.scale_jitter, balanced=d.balanced_sampler, fixed_views=probe_views)
+            scale_jitter=d.scale_jitter, balanced=d.balanced_sampler, fixed_views=probe_views,
+            decode_timeout=d.decode_timeout)
         self.val_loader = None
         if self.splits.get("val"):
             self.val_loader = build_eval_loader(

@@ -13,6 +13,7 @@ The child is forked, not spawned, so starting one costs milliseconds, not a Pyth
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import pickle
@@ -100,11 +101,13 @@ class DecodeProcess:
 
     def _start(self) -> None:
         parent_end, child_end = Pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: serve until the parent closes its end or dies, never return
             code = 0
             try:
                 parent_end.close()
+                _die_with_parent(parent)
                 _serve(child_end)
             except BaseException:  # noqa: BLE001 - nothing may escape into the parent's code
                 code = 1
@@ -180,6 +183,17 @@ def _serve(conn: Connection) -> None:
         except Exception as err:  # noqa: BLE001 - a bug: sent back to be raised in the parent
             answer = ("error", _portable(err))
         conn.send(answer)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel SIGKILL this child when its parent dies. A child stuck in a hung decode
+    reads no pipe, so it would otherwise outlive a run that was stopped (Ctrl-C, a crash, kill)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux: the child exits on EOF instead
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
 
 
 def _portable(err: Exception) -> Exception:
