@@ -14,6 +14,7 @@ The child is forked, not spawned, so starting one costs milliseconds, not a Pyth
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import logging
 import os
 import pickle
@@ -157,6 +158,7 @@ class GuardedReader:
 def _serve(conn: Connection) -> None:
     """The child's loop: one request in, one answer out, the current video kept open between them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    faulthandler.disable()  # a decoder crash is reported by the parent in one line, not as a stack dump
     torch.set_num_threads(1)  # as in a DataLoader worker: the parent's OpenMP pool does not survive fork
     reader: VideoReader | None = None
     key = None
