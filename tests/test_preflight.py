@@ -139,8 +139,8 @@ def test_resume_from_a_file_that_is_not_a_videoft_checkpoint(tmp_path, tiny_moti
 def test_init_from_another_backbone_is_refused_first(trained_run, tmp_path, tiny_motion_dataset):
     err = refused(make_recipe(tmp_path / "run", tiny_motion_dataset, "model.backbone=r3d_18",
                               f"model.init_from={trained_run / 'last.pt'}"), CheckpointError)
-    assert str(err) == (f"model.init_from {trained_run / 'last.pt'} is a x3d_xs run; this run builds r3d_18 "
-                        "(set model.backbone=x3d_xs)")
+    assert str(err) == (f"model.init_from {trained_run / 'last.pt'}: its backbone is x3d_xs, this run builds "
+                        "r3d_18 (set model.backbone=x3d_xs)")
 
 
 def test_init_from_weights_that_do_not_fit_is_a_checkpoint_error(trained_run, tmp_path):

@@ -179,8 +179,8 @@ def check_checkpoints(found: Findings, cfg: Config, pre: Preprocessing, classes:
         else:
             if found.init_from.backbone != cfg.model.backbone:
                 found.add(CheckpointError, [
-                    f"model.init_from {cfg.model.init_from} is a {found.init_from.backbone} run; this run builds "
-                    f"{cfg.model.backbone} (set model.backbone={found.init_from.backbone})"])
+                    f"model.init_from {cfg.model.init_from}: its backbone is {found.init_from.backbone}, this run "
+                    f"builds {cfg.model.backbone} (set model.backbone={found.init_from.backbone})"])
 
 
 def audit_splits(splits: dict[str, list[VideoSample]], classes: list[str], pre: Preprocessing, dist: DistInfo,

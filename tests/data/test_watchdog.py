@@ -19,7 +19,7 @@ import torch
 
 from tests.conftest import TINY_TRAIN_OVERRIDES
 from videoft.config import load_config
-from videoft.data import decode
+from videoft.data import decode, watchdog
 from videoft.data.decode import VideoDecodeError, VideoReader
 from videoft.data.watchdog import DecodeProcess, GuardedReader
 from videoft.engine.distributed import DistInfo
@@ -45,7 +45,9 @@ def misbehaving_decoder(monkeypatch):
     monkeypatch.setattr(decode.VideoReader, "get_frames", _misbehaving_get_frames)
 
 
-def test_guarded_reader_gives_the_frames_videoreader_gives(lossless_video):
+@pytest.mark.parametrize("shared_bytes", [watchdog.SHARED_BYTES, 1])  # frames in shared memory / the pipe
+def test_guarded_reader_gives_the_frames_videoreader_gives(lossless_video, shared_bytes, monkeypatch):
+    monkeypatch.setattr(watchdog, "SHARED_BYTES", shared_bytes)
     process = DecodeProcess(30)
     try:
         guarded = process.open(lossless_video, short_side=32, backend="auto")
@@ -91,7 +93,7 @@ def test_a_decoder_crash_is_reported_not_fatal(tmp_path, lossless_video, misbeha
 
 _ORPHAN_SCRIPT = """
 import ctypes, sys
-from videoft.data import decode
+from videoft.data import decode, watchdog
 from videoft.data.watchdog import DecodeProcess
 decode.VideoReader.get_frames = lambda self, indices: ctypes.PyDLL(None).sleep(3600)
 process = DecodeProcess(3600)

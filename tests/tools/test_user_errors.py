@@ -78,8 +78,8 @@ def test_init_from_a_run_of_another_backbone_is_one_line(tmp_path, tiny_motion_d
     proc = train(tiny_motion_dataset, tmp_path / "run", "model.backbone=r3d_18",
                  f"model.init_from={short_run / 'last.pt'}", env=subprocess_env)
     assert proc.returncode == 2
-    assert error_line(proc) == (f"error: model.init_from {short_run / 'last.pt'} is a x3d_xs run; this run builds "
-                                "r3d_18 (set model.backbone=x3d_xs)")
+    assert error_line(proc) == (f"error: model.init_from {short_run / 'last.pt'}: its backbone is x3d_xs, this run "
+                                "builds r3d_18 (set model.backbone=x3d_xs)")
 
 
 # ---------------------------------------------------------------------------- 2. the command line wins

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import faulthandler
 import logging
+import mmap
 import os
 import pickle
 import signal
@@ -24,12 +25,24 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
+import numpy as np
 import torch
 
 from videoft.data.decode import VideoDecodeError, VideoReader
 
 log = logging.getLogger(__name__)
 _no_fork_logged = False
+# frames come back through memory shared with the child (one copy each way), not pickled through the
+# pipe (four copies and two syscalls per MB): 1.6 ms per 16-frame clip at 128x170 measured, ~0.3 ms
+# shared. Virtual size; only the pages a clip uses are touched. Larger answers go through the pipe.
+SHARED_BYTES = 64 << 20
+
+
+class _InShared:
+    """Answer marker: the frames are in the shared buffer, with this shape (uint8)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = shape
 
 
 class DecodeProcess:
@@ -46,6 +59,7 @@ class DecodeProcess:
         self._owner: int | None = None  # pid of the process whose child this is
         self._pid: int | None = None
         self._conn: Connection | None = None
+        self._shared: mmap.mmap | None = None  # created by the owner, inherited by each child it forks
 
     def __getstate__(self) -> dict:
         return {"timeout": self.timeout}
@@ -83,6 +97,9 @@ class DecodeProcess:
         except (EOFError, OSError):
             status = self._stop()
             raise VideoDecodeError(path, f"the decoder crashed on this file ({status})") from None
+        if kind == "ok" and isinstance(payload, tuple) and payload and isinstance(payload[0], _InShared):
+            frames = np.ndarray(payload[0].shape, np.uint8, buffer=self._shared).copy()
+            return (frames, *payload[1:])
         if kind == "ok":
             return payload
         if kind == "decode_error":
@@ -103,13 +120,15 @@ class DecodeProcess:
     def _start(self) -> None:
         parent_end, child_end = Pipe()
         parent = os.getpid()
+        if self._owner != parent or self._shared is None:  # never the buffer of the process we were copied from
+            self._shared = mmap.mmap(-1, SHARED_BYTES)
         pid = os.fork()
         if pid == 0:  # the child: serve until the parent closes its end or dies, never return
             code = 0
             try:
                 parent_end.close()
                 _die_with_parent(parent)
-                _serve(child_end)
+                _serve(child_end, self._shared)
             except BaseException:  # noqa: BLE001 - nothing may escape into the parent's code
                 code = 1
             finally:
@@ -155,7 +174,7 @@ class GuardedReader:
         return torch.from_numpy(frames)
 
 
-def _serve(conn: Connection) -> None:
+def _serve(conn: Connection, shared: mmap.mmap) -> None:
     """The child's loop: one request in, one answer out, the current video kept open between them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     faulthandler.disable()  # a decoder crash is reported by the parent in one line, not as a stack dump
@@ -179,6 +198,9 @@ def _serve(conn: Connection) -> None:
                 answer = ("ok", (reader.info, reader.backend))
             else:
                 frames = reader.get_frames(rest[0]).numpy()
+                if frames.dtype == np.uint8 and frames.nbytes <= len(shared):
+                    np.ndarray(frames.shape, np.uint8, buffer=shared)[...] = frames
+                    frames = _InShared(frames.shape)
                 answer = ("ok", (frames, reader.info, reader.backend))
         except VideoDecodeError as err:
             answer = ("decode_error", err.reason)
