@@ -21,6 +21,7 @@ from videoft.choices import (
     OPTIMIZERS,
     weights_source_problem,
 )
+from videoft.config_checks import path_problems, range_problems
 from videoft.errors import ConfigError  # noqa: F401  (re-exported: `from videoft.config import ConfigError`)
 
 log = logging.getLogger("videoft")
@@ -177,8 +178,8 @@ def _apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], problems
     return typed
 
 
-# keys of which only one may be set; one typed on the command line replaces the other from the file
-EXCLUSIVE_KEYS = (("model", "pretrained"), ("model", "weights"))
+# model.<key>s of which only one may be set; one typed on the command line replaces the other from the file
+EXCLUSIVE_MODEL_KEYS = ("pretrained", "weights")
 
 
 def _command_line_wins(raw: dict, typed: list[str], path: str | Path | None) -> None:
@@ -188,8 +189,7 @@ def _command_line_wins(raw: dict, typed: list[str], path: str | Path | None) -> 
     section = raw.get("model")
     if not isinstance(section, dict):
         return
-    names = [name for _, name in EXCLUSIVE_KEYS]
-    given = [n for n in names if section.get(n) is not None]
+    given = [n for n in EXCLUSIVE_MODEL_KEYS if section.get(n) is not None]
     on_line = [n for n in given if f"model.{n}" in typed]
     if len(given) == 2 and len(on_line) == 1:
         kept, dropped = on_line[0], next(n for n in given if n != on_line[0])
@@ -208,7 +208,7 @@ def validate(cfg: Config) -> list[str]:
             problems.append(f"{key}: {flat[section][name]!r} is not one of {list(allowed)}")
     if not cfg.data.root:
         problems.append("data.root: required (a class folder, split folders or a list file)")
-    problems += _range_problems(flat)
+    problems += range_problems(flat)
     d = cfg.data
     if d.crop_size is not None and d.short_side is not None and d.crop_size > d.short_side * d.scale_jitter[0]:
         problems.append(f"data.crop_size {d.crop_size} is larger than the frames it is cut from (data.short_side "
@@ -219,67 +219,7 @@ def validate(cfg: Config) -> list[str]:
     weights_problem = weights_source_problem(cfg.model.pretrained, cfg.model.weights)
     if weights_problem:
         problems.append(weights_problem)
-    problems += _path_problems(cfg)
-    return problems
-
-
-# (key, lowest, highest, brackets): highest None = unbounded; "(" / ")" exclude the bound, "[" / "]" include it
-_RANGES = (
-    ("data.batch_size", 1, None, "[]"), ("data.eval_clips", 1, None, "[]"), ("data.num_workers", 0, None, "[]"),
-    ("data.val_fraction", 0, 1, "[)"), ("data.test_fraction", 0, 1, "[)"), ("data.decode_timeout", 0, None, "()"),
-    ("data.clip_len", 1, None, "[]"), ("data.frame_stride", 1, None, "[]"), ("data.crop_size", 1, None, "[]"),
-    ("data.short_side", 1, None, "[]"),
-    ("model.dropout", 0, 1, "[)"),
-    ("freeze.stages", -1, None, "[]"),
-    ("optim.lr", 0, None, "()"), ("optim.backbone_lr", 0, None, "[]"), ("optim.layer_decay", 0, 1, "(]"),
-    ("optim.weight_decay", 0, None, "[]"), ("optim.momentum", 0, 1, "[)"), ("optim.warmup_epochs", 0, None, "[]"),
-    ("optim.min_lr_ratio", 0, 1, "[]"), ("optim.label_smoothing", 0, 1, "[)"), ("optim.grad_clip", 0, None, "()"),
-    ("optim.accum_steps", 1, None, "[]"), ("optim.mixup_alpha", 0, None, "[]"), ("optim.cutmix_alpha", 0, None, "[]"),
-    ("train.epochs", 1, None, "[]"), ("train.eval_every", 1, None, "[]"), ("train.early_stop_patience", 0, None, "[]"),
-    ("train.checkpoint_every_steps", 0, None, "[]"), ("train.max_steps_per_epoch", 1, None, "[]"),
-    ("train.precise_bn_batches", 0, None, "[]"), ("train.threads", 1, None, "[]"),
-)
-
-
-def _range_problems(flat: dict) -> list[str]:
-    """Every numeric key outside its range (null is allowed where the type allows it)."""
-    problems = []
-    for key, lo, hi, brackets in _RANGES:
-        node = flat
-        for part in key.split("."):
-            node = node[part]
-        if node is None:
-            continue
-        ok_lo = node > lo if brackets[0] == "(" else node >= lo
-        ok_hi = hi is None or (node < hi if brackets[1] == ")" else node <= hi)
-        if not (ok_lo and ok_hi):
-            problems.append(f"{key}: {node} is out of range (allowed: {_allowed(lo, hi, brackets)})")
-    u = flat["freeze"]["unfreeze"]
-    problems += [f"freeze.unfreeze.{k}: {v} must be >= 0" for k, v in u.items() if v < 0]
-    lo, hi = flat["data"]["scale_jitter"]
-    if not 0 < lo <= hi:
-        problems.append(f"data.scale_jitter: needs 0 < low <= high, got {[lo, hi]}")
-    if not all(0 <= b < 1 for b in flat["optim"]["betas"]):
-        problems.append(f"optim.betas: {flat['optim']['betas']} must both be in [0, 1)")
-    return problems
-
-
-def _allowed(lo: float, hi: float | None, brackets: str) -> str:
-    if hi is None:
-        return f"> {lo}" if brackets[0] == "(" else f">= {lo}"
-    return f"{brackets[0]}{lo}, {hi}{brackets[1]}"
-
-
-def _path_problems(cfg: Config) -> list[str]:
-    """Files the config names that do not exist (URLs are checked when they are fetched)."""
-    problems = []
-    if cfg.resume not in (None, "auto") and not Path(cfg.resume).exists():
-        problems.append(f"resume: {cfg.resume} does not exist (use 'auto' or a checkpoint path)")
-    if cfg.model.init_from and not Path(cfg.model.init_from).is_file():
-        problems.append(f"model.init_from: {cfg.model.init_from} does not exist (give a videoft best.pt/last.pt)")
-    w = cfg.model.weights
-    if w and "://" not in w and not Path(w).expanduser().is_file():
-        problems.append(f"model.weights: {w} does not exist (a local file, or an http(s):// or file:// URL)")
+    problems += path_problems(cfg.resume, cfg.model.init_from, cfg.model.weights)
     return problems
 
 
