@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from videoft.choices import DECODERS
 from videoft.data.audit import (
     AuditCache,
     AuditSettings,
@@ -45,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="parallel probe processes (default 2)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per video before it is abandoned")
     p.add_argument("--full", action="store_true", help="decode every frame to count them (slower)")
+    p.add_argument("--decoder", choices=DECODERS, default="auto", help="as data.decoder (default auto)")
     p.add_argument("--cache", default=None, help="cache file (default: under $XDG_CACHE_HOME or ~/.cache)")
     p.add_argument("--no-cache", action="store_true", help="probe every file again")
     p.add_argument("--show", type=int, default=30, help="quarantined files listed on screen (all in the files)")
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     splits, classes = load_splits(args.data, val_fraction=0.0, test_fraction=0.0)
     items = [(s.path, classes[s.label], split) for split, samples in splits.items() for s in samples]
-    settings = AuditSettings(short_side=args.short_side, full=args.full, timeout=args.timeout)
+    settings = AuditSettings(short_side=args.short_side, full=args.full, timeout=args.timeout,
+                             backend=args.decoder)
     cache = AuditCache(None if args.no_cache else (args.cache or default_cache_path(args.data)))
     cached = sum(cache.get(p, settings) is not None for p, _, _ in items)
     records = audit_videos(items, settings, workers=args.workers, cache=cache)

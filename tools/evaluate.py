@@ -22,7 +22,7 @@ from videoft.engine.distributed import cleanup_distributed, setup_distributed
 from videoft.engine.evaluate import Predictions, predict, summarize
 from videoft.engine.report import format_summary, write_report
 from videoft.errors import DataError, report_user_errors
-from videoft.inference import load_model
+from videoft.inference import load_model, resolve_device
 
 log = logging.getLogger("videoft")
 
@@ -43,7 +43,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds a video may take to decode before it is abandoned and reported (0: no limit)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0: off)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    bad = [f"--{k.replace('_', '-')} must be >= {low}, got {v}" for k, low, v in
+           (("clips", 1, args.clips), ("batch_size", 1, args.batch_size), ("workers", 0, args.workers),
+            ("bootstrap", 0, args.bootstrap), ("decode_timeout", 0, args.decode_timeout))
+           if v is not None and v < low]
+    if bad:
+        p.error("; ".join(bad))
+    return args
 
 
 def select_split(splits: dict, split: str, data: str) -> list:
@@ -124,6 +131,7 @@ def evaluate(args: argparse.Namespace, dist) -> Path | None:
 @report_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    resolve_device(args.device)  # an unknown or absent device is a user error, before any process group
     dist = setup_distributed(args.device)
     logging.basicConfig(level=logging.INFO if dist.is_main else logging.WARNING,
                         format="%(levelname)s %(message)s", stream=sys.stdout)

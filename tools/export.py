@@ -28,6 +28,7 @@ def export(checkpoint: str, fmt: str, out: str | None = None, *, atol: float = 1
     example = torch.randn(2, 3, pre.clip_len, pre.crop_size, pre.crop_size,
                           generator=torch.Generator().manual_seed(0))
     path = Path(out) if out else Path(checkpoint).with_suffix(".ts" if fmt == "torchscript" else ".onnx")
+    path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         expected = model(example)
         _make_traceable(model)  # after `expected`: the check compares with the model as loaded

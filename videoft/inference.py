@@ -18,8 +18,24 @@ from videoft.checkpoint import RunCheckpoint, read_run_checkpoint
 from videoft.data.clip_indices import clip_span, eval_clip_indices, union_indices
 from videoft.data.dataset import decode_views, views_from_frames
 from videoft.data.decode import VideoReader
-from videoft.errors import CheckpointError
+from videoft.errors import CheckpointError, UserError
 from videoft.models.classifier import VideoClassifier, build_classifier
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """`name` as a torch.device (None or "auto": CUDA when there is one, else the CPU); a UserError for a
+    name that is not a device or a device this machine does not have."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[VideoClassifier, RunCheckpoint]:
@@ -65,7 +81,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device | None = None, **kwargs) -> Predictor:
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(device)
         model, ckpt = load_model(path, device)
         return cls(model, ckpt, device=device, **kwargs)
 

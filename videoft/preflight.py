@@ -184,12 +184,12 @@ def check_checkpoints(found: Findings, cfg: Config, pre: Preprocessing, classes:
 
 
 def audit_splits(splits: dict[str, list[VideoSample]], classes: list[str], pre: Preprocessing, dist: DistInfo,
-                 out_dir: Path, *, root: str, workers: int, timeout: float | None,
+                 out_dir: Path, *, root: str, workers: int, timeout: float | None, backend: str = "auto",
                  ) -> tuple[dict[str, list[VideoSample]], dict[str, str]]:
     """`data.audit`: probe every video (shared over ranks, cached), write out_dir/audit/ on rank 0, and
     return the splits without the quarantined files and those files with their reasons."""
     items = sorted((s.path, classes[s.label], split) for split, rows in splits.items() for s in rows)
-    settings = AuditSettings(short_side=pre.short_side, timeout=timeout or 60.0)
+    settings = AuditSettings(short_side=pre.short_side, timeout=timeout or 60.0, backend=backend)
     cache = AuditCache(default_cache_path(root))
     mine = audit_videos(items[dist.rank::dist.world_size], settings, workers=max(1, workers), cache=cache,
                         show_progress=dist.is_main)

@@ -28,10 +28,11 @@ from videoft.checkpoint import (
     init_from_checkpoint,
     read_run_checkpoint,
 )
-from videoft.config import Config, OptimConfig, dump_config
+from videoft.config import Config, ConfigError, OptimConfig, dump_config
 from videoft.data.dataset import load_splits, split_summary
 from videoft.data.loaders import build_eval_loader, build_train_loader
 from videoft.data.transforms import Preprocessing
+from videoft.data.watchdog import decode_process
 from videoft.engine.checkpoint import rng_state, set_rng_state
 from videoft.engine.distributed import DistInfo, barrier, cleanup_distributed, setup_distributed, sync_bn_stats
 from videoft.engine.evaluate import predict, summarize
@@ -147,8 +148,11 @@ class FineTuneRecipe:
         if cfg.data.audit:  # after the split, so leaving files out does not move the others between splits
             self.splits, quarantined = audit_splits(self.splits, self.classes, self.pre, dist, self.out_dir,
                                                     root=cfg.data.root, workers=cfg.data.num_workers,
-                                                    timeout=cfg.data.decode_timeout)
+                                                    timeout=cfg.data.decode_timeout, backend=cfg.data.decoder)
             self.state.failures.update(quarantined)
+        if cfg.data.decode_timeout and cfg.data.num_workers == 0:
+            # this process decodes: fork its decode child now, before the model exists (see decode_process)
+            decode_process(cfg.data.decode_timeout).start()
         log.info("data %s: %d classes\n%s", cfg.data.root, len(self.classes),
                  split_summary(self.splits, self.classes))
         log.info("backbone %s, clip %d frames x stride %d, crop %d (short side %d), %d process(es) on %s",
@@ -445,8 +449,10 @@ def run(cfg: Config) -> dict:
     """Train and validate as configured; returns the final summary (best metric, paths)."""
     dist = setup_distributed()
     out_dir = Path(cfg.out_dir)
-    if dist.is_main:
+    try:  # on every rank (exist_ok), so a failure is every rank's error and none waits at the barrier
         out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError([f"out_dir: {out_dir} cannot be created ({exc.strerror or exc})"]) from None
     barrier()
     setup_logging(dist, out_dir)
     try:

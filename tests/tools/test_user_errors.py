@@ -190,3 +190,27 @@ def test_a_symlink_loop_is_named_as_one(tmp_path, controlled_checkpoint, subproc
     assert proc.returncode == 1  # a bad video among the inputs (not a usage error)
     assert error_line(proc) == (f"error: {tmp_path / 'loop.mp4'}: symbolic link loop (following its links never "
                                 "reaches a file)")
+
+
+# ---------------------------------------------------------------------------- the machine and the paths
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device, message", [
+    ("cuda", "error: --device cuda: no CUDA device is available here; use --device cpu\n"),
+    ("gpu", "error: --device 'gpu' is not a device (cpu, cuda, cuda:N)\n"),
+])
+@pytest.mark.parametrize("tool", ["infer", "evaluate"])
+def test_a_device_this_machine_lacks_is_one_line(controlled_checkpoint, eval_data, tool, device, message, capsys):
+    args = {"infer": [str(controlled_checkpoint), str(next(eval_data.rglob("*.mp4")))],
+            "evaluate": [str(controlled_checkpoint), "--data", str(eval_data)]}[tool]
+    assert load_tool(tool).main([*args, "--device", device]) == 2
+    assert capsys.readouterr().err == message
+
+
+def test_an_out_dir_that_cannot_be_created_is_one_line(tmp_path, tiny_motion_dataset, subprocess_env):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = train(tiny_motion_dataset, blocker / "run", env=subprocess_env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-2:] == ["error: invalid configuration:",
+                                             f"  - out_dir: {blocker / 'run'} cannot be created (Not a directory)"]

@@ -72,9 +72,10 @@ class AuditSettings:
     short_side: int | None = 128   # decoded at the training short side (decord's scaler fails at some sizes)
     full: bool = False             # decode every frame to count them (else the first, middle and last)
     timeout: float = 60.0          # seconds per video before the probe is abandoned
+    backend: str = "auto"          # data.decoder: auto (decord, PyAV where it fails), decord or pyav
 
 
-def inspect_video(path: str, short_side: int | None, full: bool) -> dict:
+def inspect_video(path: str, short_side: int | None, full: bool, backend: str = "auto") -> dict:
     """Probe one file as training would read it; raises VideoDecodeError when it cannot be used."""
     info = probe(path)
     with av.open(path) as container:
@@ -83,13 +84,13 @@ def inspect_video(path: str, short_side: int | None, full: bool) -> dict:
                   "frames_claimed": int(stream.frames or info.num_frames)}
         fields["duration_s"] = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
                                 else (container.duration or 0) / av.time_base or info.duration)
-    reader = VideoReader(path, short_side=short_side)  # decord first, PyAV where it fails: training's order
+    reader = VideoReader(path, short_side=short_side, backend=backend)  # auto: decord, PyAV where it fails
     last = reader.info.num_frames - 1
     reader.get_frames(sorted({0, last // 2, last}))  # the last frame proves the count (clamped if over-reported)
     decodable = reader.info.num_frames
     if full:
         decodable = _count_frames(path)
-    fallback = reader.backend == "pyav" and not info.rotation and decode.decord is not None
+    fallback = reader.backend == "pyav" and backend == "auto" and not info.rotation and decode.decord is not None
     return {**fields, "width": info.width, "height": info.height, "fps": round(info.fps, 3),
             "rotation": info.rotation, "frames_decodable": decodable, "decoder": reader.backend,
             "needs_fallback": fallback}
@@ -157,7 +158,7 @@ def _file_key(path: str, settings: AuditSettings) -> list | None:
         st = os.stat(path)
     except OSError:
         return None  # missing, dangling, looping: probed every time (it is quick), never cached
-    return [st.st_size, st.st_mtime_ns, settings.short_side, settings.full]
+    return [st.st_size, st.st_mtime_ns, settings.short_side, settings.full, settings.backend]
 
 
 # ---------------------------------------------------------------------------------------------- probing
@@ -179,7 +180,7 @@ def _audit_one(item: tuple[str, str, str, AuditSettings]) -> VideoRecord:
         pass
     t0 = time.perf_counter()
     try:
-        fields = _decoder.call(path, inspect_video, path, settings.short_side, settings.full)
+        fields = _decoder.call(path, inspect_video, path, settings.short_side, settings.full, settings.backend)
         record = dataclasses.replace(record, **fields)
     except VideoDecodeError as err:
         record.error = err.reason

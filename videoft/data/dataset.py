@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from videoft.data.clip_indices import eval_clip_indices, train_clip_indices, union_indices
 from videoft.data.decode import VideoDecodeError, VideoReader
-from videoft.data.watchdog import DecodeProcess
+from videoft.data.watchdog import decode_process
 from videoft.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -245,13 +245,13 @@ class VideoClipDataset(Dataset):
         self.clip_len, self.stride, self.train = clip_len, stride, train
         self.transform, self.short_side, self.num_clips = transform, short_side, num_clips
         self.backend, self.seed, self.max_retries = backend, seed, max_retries
-        self.decoder = DecodeProcess(decode_timeout) if decode_timeout else None
+        self.decode_timeout = decode_timeout
         self.epoch = 0
 
     def open(self, path: str) -> VideoReader:
-        """A reader of `path` (in the decode child when there is a time limit)."""
-        if self.decoder is not None:
-            return self.decoder.open(path, short_side=self.short_side, backend=self.backend)
+        """A reader of `path` (in this process's decode child when there is a time limit)."""
+        if self.decode_timeout:
+            return decode_process(self.decode_timeout).open(path, short_side=self.short_side, backend=self.backend)
         return VideoReader(path, short_side=self.short_side, backend=self.backend)
 
     def set_epoch(self, epoch: int) -> None:

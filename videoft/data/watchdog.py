@@ -78,10 +78,14 @@ class DecodeProcess:
         """`fn(*args)` run in the child under the time limit (`fn` about `path`, named in a timeout)."""
         return self.request(str(path), ("call", str(path), None, None, fn, args))
 
-    def request(self, path: str, message: tuple) -> Any:
-        """Send one request to the child and wait at most `timeout` seconds for its answer."""
+    def start(self) -> None:
+        """Fork the child now if this process has none (it is also started on the first request)."""
         if self._owner != os.getpid() or self._pid is None:
             self._start()
+
+    def request(self, path: str, message: tuple) -> Any:
+        """Send one request to the child and wait at most `timeout` seconds for its answer."""
+        self.start()
         try:
             self._conn.send(message)
         except OSError:  # the child died since the last answer: start another one
@@ -118,10 +122,14 @@ class DecodeProcess:
             pass
 
     def _start(self) -> None:
-        parent_end, child_end = Pipe()
         parent = os.getpid()
-        if self._owner != parent or self._shared is None:  # never the buffer of the process we were copied from
+        if self._owner != parent:  # a copy made by fork: drop our copy of the pipe, leave its child alone
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = self._pid = self._shared = None
+        if self._shared is None:  # never the buffer of the process this object was copied from
             self._shared = mmap.mmap(-1, SHARED_BYTES)
+        parent_end, child_end = Pipe()
         pid = os.fork()
         if pid == 0:  # the child: serve until the parent closes its end or dies, never return
             code = 0
@@ -156,6 +164,22 @@ class DecodeProcess:
             sig = os.WTERMSIG(status)
             return f"killed by {signal.Signals(sig).name}" if sig in signal.valid_signals() else f"signal {sig}"
         return f"exit code {os.WEXITSTATUS(status)}"
+
+
+_processes: dict[tuple[int, float], DecodeProcess] = {}
+
+
+def decode_process(timeout: float) -> DecodeProcess:
+    """This process's decode child for this time limit: one per process, shared by all its datasets.
+
+    The child is a fork of its parent and keeps the parent's memory as it was at the fork alive for
+    as long as it runs, so fewer children, forked early (`decode_process(t).start()` before the model
+    is built, when the main process decodes itself), mean less memory.
+    """
+    key = (os.getpid(), float(timeout))
+    if key not in _processes:  # a forked DataLoader worker has another pid: it gets its own
+        _processes[key] = DecodeProcess(timeout)
+    return _processes[key]
 
 
 class GuardedReader:
@@ -236,4 +260,4 @@ def _log_no_fork() -> None:  # pragma: no cover - Windows
         log.warning("no os.fork on this platform: videos are decoded without data.decode_timeout")
 
 
-__all__ = ["DecodeProcess", "GuardedReader"]
+__all__ = ["DecodeProcess", "GuardedReader", "decode_process"]
