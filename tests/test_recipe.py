@@ -48,6 +48,7 @@ def test_setup_steps_build_what_the_config_says(tmp_path, tiny_motion_dataset):
     recipe.setup_runtime()
     recipe.setup_data()
     assert recipe.classes == ["bounce", "roll", "spin", "throw"]
+    recipe.validate_setup()
     assert (recipe.out_dir / "config.yaml").is_file() and (recipe.out_dir / "splits.json").is_file()
     recipe.setup_model()
     stages = recipe.spec.stages

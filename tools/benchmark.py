@@ -4,12 +4,16 @@
     python tools/benchmark.py decode --videos ../shared/data/ucf101-mini      # clip decoding
     python tools/benchmark.py step --backbone x3d_xs --clip-len 8 --crop 64   # frozen vs full train step
     python tools/benchmark.py ddp --data data/demo                            # 1 vs 2 processes, clips/s
+    python tools/benchmark.py watchdog --videos ../shared/data/ucf101-mini    # decode time limit's cost
 
 decode: one random 16-frame clip per video, resized on decode to a 128 px short side, with
 videoft's reader (decord `get_batch` of exactly those frames) against the baseline most video
 loaders use: decode every frame of the clip's time window with PyAV, resize after, keep 16.
 step: a training step with everything trainable against one with the first stages frozen.
 ddp: tools/train.py for a fixed number of steps with 1 process, then torchrun with 2 (gloo, CPU).
+watchdog: the training loader (random 16x2 clips, short side 128, crop 112, batch 8) decoding in
+the DataLoader workers, against the same loader decoding in a killable child per worker
+(data.decode_timeout); the two alternate, each epoch timed whole (worker start-up included).
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from videoft.errors import report_user_errors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,6 +151,36 @@ def bench_ddp(args) -> dict:
     return results
 
 
+def bench_watchdog(args) -> dict:
+    from videoft.data.dataset import VideoSample
+    from videoft.data.loaders import build_train_loader
+    from videoft.data.transforms import Preprocessing
+
+    videos = sorted(p for p in Path(args.videos).rglob("*") if p.suffix.lower() in (".mp4", ".avi", ".mkv"))
+    videos = random.Random(0).sample(videos, min(args.num_videos, len(videos)))
+    samples = [VideoSample(str(v), 0) for v in videos]
+    pre = Preprocessing(16, 2, 112, 128, (0.45,) * 3, (0.225,) * 3)
+    loaders = {name: build_train_loader(samples, pre, batch_size=8, num_workers=args.workers, seed=0,
+                                        decode_timeout=timeout)
+               for name, timeout in (("in_worker", None), ("decode_child", 60.0))}
+    times: dict[str, list[float]] = {name: [] for name in loaders}
+    for epoch in range(args.repeats + 1):  # epoch 0 warms the file cache
+        for name, loader in loaders.items():
+            loader.sampler.set_epoch(epoch)
+            t0 = time.perf_counter()
+            clips = sum(len(batch["label"]) for batch in loader)
+            if epoch:
+                times[name].append(clips / (time.perf_counter() - t0))
+    results = {name: statistics.median(v) for name, v in times.items()}
+    results["ratio"] = results["decode_child"] / results["in_worker"]
+    print(f"training loader, {len(samples)} videos, {args.workers} workers, median of {args.repeats} epochs:")
+    print(f"  baseline  decode in the worker      {results['in_worker']:7.1f} clips/s")
+    print(f"  watchdog  decode in a child         {results['decode_child']:7.1f} clips/s")
+    print(f"  ratio                               {results['ratio']:7.2f}x")
+    return results
+
+
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -166,9 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--steps", type=int, default=20)
     g.add_argument("--batch", type=int, default=8)
     g.add_argument("--threads", type=int, default=2)
+    w = sub.add_parser("watchdog")
+    w.add_argument("--videos", default=str(REPO / "data" / "demo"))
+    w.add_argument("--num-videos", type=int, default=96)
+    w.add_argument("--workers", type=int, default=2)
+    w.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
     np.random.seed(0)
-    {"decode": bench_decode, "step": bench_step, "ddp": bench_ddp}[args.what](args)
+    {"decode": bench_decode, "step": bench_step, "ddp": bench_ddp, "watchdog": bench_watchdog}[args.what](args)
     return 0
 
 

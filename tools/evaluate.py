@@ -28,7 +28,8 @@ from videoft.engine.distributed import cleanup_distributed, setup_distributed
 from videoft.engine.evaluate import Predictions, predict, summarize
 from videoft.engine.gallery import GalleryCaps, GalleryItem, render_gallery, select_gallery
 from videoft.engine.report import format_summary, write_report
-from videoft.inference import load_model
+from videoft.errors import DataError, report_user_errors
+from videoft.inference import load_model, resolve_device
 
 log = logging.getLogger("videoft")
 
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4, help="videos per batch (all their views go together)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--decoder", choices=DECODERS, default="auto")
+    p.add_argument("--decode-timeout", type=float, default=60.0,
+                   help="seconds a video may take to decode before it is abandoned and reported (0: no limit)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0: off)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     caps = GalleryCaps()
@@ -54,7 +57,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gallery-correct", type=int, default=caps.correct_per_class,
                    help="report.html: least confident correct videos shown per class")
     p.add_argument("--no-gallery", action="store_true", help="report.html without thumbnails")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    bad = [f"--{k.replace('_', '-')} must be >= {low}, got {v}" for k, low, v in
+           (("clips", 1, args.clips), ("batch_size", 1, args.batch_size), ("workers", 0, args.workers),
+            ("bootstrap", 0, args.bootstrap), ("decode_timeout", 0, args.decode_timeout),
+            ("gallery_per_pair", 0, args.gallery_per_pair), ("gallery_max", 0, args.gallery_max),
+            ("gallery_correct", 0, args.gallery_correct))
+           if v is not None and v < low]
+    if bad:
+        p.error("; ".join(bad))
+    return args
 
 
 def select_split(splits: dict, split: str, data: str) -> list:
@@ -63,7 +75,7 @@ def select_split(splits: dict, split: str, data: str) -> list:
         return splits[split]
     if Path(data).is_file() or not any((Path(data) / s).is_dir() for s in SPLIT_NAMES):
         return splits.get("train", [])
-    raise ValueError(f"{data}: no '{split}' split (available: {[k for k, v in splits.items() if v]})")
+    raise DataError(f"{data}: no '{split}' split (available: {[k for k, v in splits.items() if v]})")
 
 
 def read_samples(data: str, split: str, classes: list[str]) -> list[VideoSample]:
@@ -75,7 +87,7 @@ def read_samples(data: str, split: str, classes: list[str]) -> list[VideoSample]
         splits, _ = load_splits(data, val_fraction=0.0, test_fraction=0.0, classes=classes)
         samples = select_split(splits, split, data)
     if not samples:
-        raise ValueError(f"{data}: no videos to evaluate")
+        raise DataError(f"{data}: no videos to evaluate")
     return samples
 
 
@@ -131,7 +143,7 @@ def evaluate(args: argparse.Namespace, dist) -> Path | None:
     samples = read_samples(args.data, args.split, classes)
     loader = build_eval_loader(samples, pre, num_clips=num_clips, num_crops=args.crops, batch_size=args.batch_size,
                                num_workers=args.workers, rank=dist.rank, world_size=dist.world_size,
-                               device=dist.device, backend=args.decoder)
+                               device=dist.device, backend=args.decoder, decode_timeout=args.decode_timeout or None)
     log.info("evaluating %s on %d videos of %s (%s): %d clips x %d crops per video; %d process(es) on %s, %s",
              args.checkpoint, len(samples), args.data, args.split, num_clips, args.crops, dist.world_size,
              dist.device, f"backend {dist.backend}" if dist.backend else "no process group")
@@ -140,7 +152,7 @@ def evaluate(args: argparse.Namespace, dist) -> Path | None:
     if not dist.is_main:
         return None
     if not pred.indices:
-        raise ValueError(f"none of the {len(samples)} videos could be decoded: "
+        raise DataError(f"none of the {len(samples)} videos could be decoded: "
                          + "; ".join(f"{p}: {r}" for p, r in pred.failures[:5]))
     views = {"clips": num_clips, "crops": args.crops, **{k: v for k, v in pre.as_dict().items()
                                                           if k not in ("mean", "std")}}
@@ -157,17 +169,16 @@ def evaluate(args: argparse.Namespace, dist) -> Path | None:
     return out
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    resolve_device(args.device)  # an unknown or absent device is a user error, before any process group
     dist = setup_distributed(args.device)
     logging.basicConfig(level=logging.INFO if dist.is_main else logging.WARNING,
                         format="%(levelname)s %(message)s", stream=sys.stdout)
     try:
         evaluate(args, dist)
         return 0
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     finally:
         cleanup_distributed()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from videoft.errors import report_user_errors
 from videoft.inference import load_model
 
 
@@ -27,6 +28,7 @@ def export(checkpoint: str, fmt: str, out: str | None = None, *, atol: float = 1
     example = torch.randn(2, 3, pre.clip_len, pre.crop_size, pre.crop_size,
                           generator=torch.Generator().manual_seed(0))
     path = Path(out) if out else Path(checkpoint).with_suffix(".ts" if fmt == "torchscript" else ".onnx")
+    path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         expected = model(example)
         _make_traceable(model)  # after `expected`: the check compares with the model as loaded
@@ -71,17 +73,14 @@ def _run_onnx(path: Path, example: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {"video": example.numpy()})[0])
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("--format", choices=("torchscript", "onnx"), required=True)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    try:
-        path, diff = export(args.checkpoint, args.format, args.out)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    path, diff = export(args.checkpoint, args.format, args.out)
     check = f"max |logit diff| vs PyTorch: {diff:.2e}" if diff == diff else "not checked (onnxruntime not installed)"
     print(f"wrote {path} ({check})")
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from videoft.choices import DECODERS, EVAL_CROPS
 from videoft.data.decode import VideoDecodeError
+from videoft.errors import report_user_errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling tool, for --annotations
 import evaluate_timeline  # noqa: E402
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     problems = [f"--{k} must be positive, got {v}" for k, v in
@@ -60,12 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from videoft.inference import Predictor, merge_segments
 
-    try:
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, num_clips=args.clips,
-                                              num_crops=args.crops, backend=args.decoder)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, num_clips=args.clips,
+                                          num_crops=args.crops, backend=args.decoder)
     failed = 0
     csv_rows, timelines = [], {}
     for video in args.videos:

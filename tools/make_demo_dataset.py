@@ -30,6 +30,7 @@ from videoft.data.synthetic import (  # noqa: E402
     generate_dataset,
     read_marker,
 )
+from videoft.errors import report_user_errors  # noqa: E402
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,6 +57,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     out = Path(args.out)

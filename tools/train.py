@@ -12,29 +12,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from videoft.config import ConfigError, load_config
+from videoft.config import load_config
+from videoft.errors import report_user_errors
 
 
+@report_user_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config (see configs/)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.root=DIR")
     parser.add_argument("--resume", action="store_true", help="continue from out_dir/last.pt if present")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # `--resume` may come before or after the overrides
     overrides = list(args.overrides) + (["resume=auto"] if args.resume else [])
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, overrides)  # a ConfigError is a user error: one message, exit 2
     from videoft.engine.train import NonFiniteLossError  # heavy imports once the config is valid
     from videoft.recipe import run
 
     try:
         summary = run(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

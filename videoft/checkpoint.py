@@ -18,13 +18,16 @@ import torch
 from videoft.config import Config, ConfigError, from_dict, to_dict
 from videoft.data.transforms import Preprocessing
 from videoft.engine.checkpoint import load_checkpoint, save_checkpoint
+from videoft.errors import CheckpointError
 from videoft.models.classifier import VideoClassifier
 
 log = logging.getLogger("videoft")
 
 FORMAT = "videoft/1"
-# what must match for a resume (a change here means a different run, not a continuation)
-RESUME_KEYS = ("model.backbone", "data.clip_len", "data.frame_stride", "data.crop_size")
+# what must match for a resume (a change here means a different run, not a continuation); the clip
+# geometry is compared as resolved (a backbone default and the same value typed are the same run)
+RESUME_KEYS = ("model.backbone", "optim.name", "data.clip_len", "data.frame_stride", "data.crop_size",
+               "data.short_side")
 
 
 @dataclass
@@ -77,22 +80,22 @@ class RunCheckpoint:
 
 
 def read_run_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> RunCheckpoint:
-    """Load and check a videoft checkpoint; ValueError in one line when `path` is not one."""
-    state = load_checkpoint(path, map_location)
+    """Load and check a videoft checkpoint; CheckpointError in one line when `path` is not one."""
+    state = load_checkpoint(path, map_location, require_model=False)
     fmt = state.get("format")
     if fmt != FORMAT:
-        found = f"format {fmt!r}" if fmt is not None else f"no 'format' key; keys: {sorted(state)[:8]}"
-        raise ValueError(f"{path}: not a videoft checkpoint ({found}); give a best.pt or last.pt "
+        found = f"format {fmt!r}" if fmt is not None else f"no 'format' key; keys: {sorted(map(str, state))[:8]}"
+        raise CheckpointError(f"{path}: not a videoft checkpoint ({found}); give a best.pt or last.pt "
                          f"written by tools/train.py (backbone weights go to model.weights, another "
                          f"videoft run to model.init_from)")
     missing = [k for k in ("model", "classes", "backbone", "preprocessing", "config") if k not in state]
     if missing:
-        raise ValueError(f"{path}: incomplete videoft checkpoint, missing {missing}")
+        raise CheckpointError(f"{path}: incomplete videoft checkpoint, missing {missing}")
     try:
         config = from_dict(state["config"])
         pre = Preprocessing.from_dict(state["preprocessing"])
     except (ConfigError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: the checkpoint's config or preprocessing cannot be read "
+        raise CheckpointError(f"{path}: the checkpoint's config or preprocessing cannot be read "
                          f"({str(err).splitlines()[0]})") from None
     training = None
     if "optimizer" in state:
@@ -104,29 +107,49 @@ def read_run_checkpoint(path: str | Path, map_location: str | torch.device = "cp
                          preprocessing=pre, config=config, training=training)
 
 
-def check_resume_compatible(ckpt: RunCheckpoint, cfg: Config, classes: list[str], path: Path) -> None:
-    """Refuse to resume a checkpoint whose classes or model differ from this config."""
+def resume_problems(ckpt: RunCheckpoint, cfg: Config, classes: list[str], pre: Preprocessing) -> list[str]:
+    """What differs between a checkpoint and this run such that resuming would not continue it."""
     problems = []
     if ckpt.classes != list(classes):
         problems.append(f"classes differ: checkpoint {ckpt.classes} vs data {list(classes)}")
+    if ckpt.training is None:
+        problems.append("it holds weights only, no training state")
     old, now = to_dict(ckpt.config), to_dict(cfg)
     for key in RESUME_KEYS:
         section, name = key.split(".")
-        if old[section][name] != now[section][name]:
-            problems.append(f"{key}: checkpoint has {old[section][name]!r}, config has {now[section][name]!r}")
+        if section == "data":  # resolved geometry, as the checkpoint's preprocessing records it
+            was, want = getattr(ckpt.preprocessing, name), getattr(pre, name)
+        else:
+            was, want = old[section][name], now[section][name]
+        if was != want:
+            problems.append(f"{key}: checkpoint has {was!r}, config has {want!r}")
+    return problems
+
+
+def check_resume_compatible(ckpt: RunCheckpoint, cfg: Config, classes: list[str], path: Path,
+                            pre: Preprocessing | None = None) -> None:
+    """Refuse to resume a checkpoint whose classes, model, optimizer or clip geometry differ from this run."""
+    problems = resume_problems(ckpt, cfg, classes, pre or ckpt.preprocessing)
     if problems:
-        raise ValueError(f"cannot resume from {path}: " + "; ".join(problems)
-                         + ". Start a new run (another out_dir), or use model.init_from to fine-tune from it.")
+        raise CheckpointError(f"cannot resume from {path}: " + "; ".join(problems),
+                              remedy="Start a new run (another out_dir), or use model.init_from to fine-tune from it")
 
 
-def init_from_checkpoint(model: VideoClassifier, path: str, classes: list[str]) -> None:
+def init_from_checkpoint(model: VideoClassifier, path: str, classes: list[str],
+                         ckpt: RunCheckpoint | None = None) -> None:
     """Start from another videoft run's weights; keep its head only if the classes are the same."""
-    ckpt = read_run_checkpoint(path)
+    ckpt = ckpt or read_run_checkpoint(path)
     weights = ckpt.model
     if ckpt.classes != list(classes):
         weights = {k: v for k, v in weights.items() if not k.startswith("head.")}
         log.info("init_from %s: backbone weights loaded, head re-made for %d classes", path, len(classes))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    bad = [k for k in missing if not k.startswith("head.")] + list(unexpected)
-    if bad:
-        raise ValueError(f"init_from {path}: weights do not match backbone {ckpt.backbone}: {bad[:8]}")
+    own = model.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in weights.items()
+              if k in own and v.shape != own[k].shape]
+    bad = [k for k in own if k not in weights and not k.startswith("head.")] + [k for k in weights if k not in own]
+    if shapes or bad:
+        raise CheckpointError(f"model.init_from {path}: its {ckpt.backbone} weights do not fit the model this "
+                              f"run builds (shape mismatches: {shapes[:4]}; missing or unexpected keys: {bad[:4]})",
+                              remedy=f"model.init_from needs a run of the same backbone ({ckpt.backbone}) and "
+                                     "clip geometry")
+    model.load_state_dict(weights, strict=False)

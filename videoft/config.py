@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,14 +21,10 @@ from videoft.choices import (
     OPTIMIZERS,
     weights_source_problem,
 )
+from videoft.config_checks import path_problems, range_problems
+from videoft.errors import ConfigError  # noqa: F401  (re-exported: `from videoft.config import ConfigError`)
 
-
-class ConfigError(ValueError):
-    """One or more problems in a configuration; the message lists all of them."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+log = logging.getLogger("videoft")
 
 
 @dataclass
@@ -50,6 +47,9 @@ class DataConfig:
     eval_crops: int = 1             # 1 (centre) or 3 spatial crops
     decoder: str = "auto"           # auto | decord | pyav
     balanced_sampler: bool = False  # draw classes uniformly (for imbalanced data)
+    decode_timeout: float | None = 60.0  # seconds a video may take to open or decode before it is abandoned
+                                    # (decoded in a child process that is killed then); null: no limit, in-process
+    audit: bool = False             # probe every video first (tools/audit.py, cached) and leave out unreadable ones
 
 
 @dataclass
@@ -152,6 +152,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError([f"cannot read {path}: {exc}"]) from None
         if not isinstance(raw, dict):
             raise ConfigError([f"{path}: the top level must be a mapping"])
+    typed = _apply_overrides(raw, overrides, problems)
+    _command_line_wins(raw, typed, path)
+    cfg = _build(Config, raw, "", problems)
+    problems += validate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], problems: list[str]) -> list[str]:
+    """Set each `a.b=value` in `raw`; returns the keys set, in the order typed."""
+    typed = []
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -166,11 +178,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
                 break
         else:
             node[leaf] = yaml.safe_load(value) if value.strip() else None
-    cfg = _build(Config, raw, "", problems)
-    problems += validate(cfg)
-    if problems:
-        raise ConfigError(problems)
-    return cfg
+            typed.append(key.strip())
+    return typed
+
+
+# model.<key>s of which only one may be set; one typed on the command line replaces the other from the file
+EXCLUSIVE_MODEL_KEYS = ("pretrained", "weights")
+
+
+def _command_line_wins(raw: dict, typed: list[str], path: str | Path | None) -> None:
+    """`model.weights=F` typed over a file that says `pretrained: kinetics400` (or the reverse) replaces
+    it, with a notice: the user should not have to know to also type `model.pretrained=null`. The
+    same pair set in one place (both in the file, or both typed) stays an error (validate says so)."""
+    section = raw.get("model")
+    if not isinstance(section, dict):
+        return
+    given = [n for n in EXCLUSIVE_MODEL_KEYS if section.get(n) is not None]
+    on_line = [n for n in given if f"model.{n}" in typed]
+    if len(given) == 2 and len(on_line) == 1:
+        kept, dropped = on_line[0], next(n for n in given if n != on_line[0])
+        log.warning("model.%s=%s (command line) replaces model.%s=%s from %s", kept, section[kept], dropped,
+                    section[dropped], path or "the defaults")
+        section[dropped] = None
 
 
 def validate(cfg: Config) -> list[str]:
@@ -183,32 +212,18 @@ def validate(cfg: Config) -> list[str]:
             problems.append(f"{key}: {flat[section][name]!r} is not one of {list(allowed)}")
     if not cfg.data.root:
         problems.append("data.root: required (a class folder, split folders or a list file)")
-    positive = {"data.batch_size": cfg.data.batch_size, "data.eval_clips": cfg.data.eval_clips,
-                "train.epochs": cfg.train.epochs, "optim.accum_steps": cfg.optim.accum_steps,
-                "optim.lr": cfg.optim.lr}
-    problems += [f"{k}: must be > 0, got {v}" for k, v in positive.items() if not v > 0]
-    for k in ("clip_len", "frame_stride", "crop_size", "short_side"):
-        v = getattr(cfg.data, k)
-        if v is not None and v < 1:
-            problems.append(f"data.{k}: must be >= 1 or null, got {v}")
-    lo, hi = cfg.data.scale_jitter
-    if not 0 < lo <= hi:
-        problems.append(f"data.scale_jitter: needs 0 < low <= high, got {list(cfg.data.scale_jitter)}")
-    if not 0 <= cfg.data.val_fraction < 1 or not 0 <= cfg.data.test_fraction < 1:
-        problems.append("data.val_fraction and data.test_fraction must be in [0, 1)")
-    if cfg.data.num_workers < 0:
-        problems.append(f"data.num_workers: must be >= 0, got {cfg.data.num_workers}")
-    if cfg.data.prefetch_factor < 1:
-        problems.append(f"data.prefetch_factor: must be >= 1, got {cfg.data.prefetch_factor}")
-    if cfg.train.feature_cache_ram_mb < 0:
-        problems.append(f"train.feature_cache_ram_mb: must be >= 0, got {cfg.train.feature_cache_ram_mb}")
+    problems += range_problems(flat)
+    d = cfg.data
+    if d.crop_size is not None and d.short_side is not None and d.crop_size > d.short_side * d.scale_jitter[0]:
+        problems.append(f"data.crop_size {d.crop_size} is larger than the frames it is cut from (data.short_side "
+                        f"{d.short_side} x data.scale_jitter low {d.scale_jitter[0]}): lower the crop or raise "
+                        "the short side")
     if cfg.train.linear_probe and cfg.freeze.unfreeze.every:
         problems.append("train.linear_probe keeps the whole backbone frozen: freeze.unfreeze.every must be 0")
     weights_problem = weights_source_problem(cfg.model.pretrained, cfg.model.weights)
     if weights_problem:
         problems.append(weights_problem)
-    if cfg.resume not in (None, "auto") and not Path(cfg.resume).exists():
-        problems.append(f"resume: {cfg.resume} does not exist (use 'auto' or a checkpoint path)")
+    problems += path_problems(cfg.resume, cfg.model.init_from, cfg.model.weights)
     return problems
 
 

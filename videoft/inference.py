@@ -18,11 +18,29 @@ from videoft.data.clip_indices import clip_span, eval_clip_indices, union_indice
 from videoft.data.dataset import decode_views, views_from_frames
 from videoft.data.decode import VideoReader
 from videoft.engine.timeline import Segment, merge_segments  # noqa: F401  (Segment: part of this API)
+from videoft.errors import CheckpointError, UserError
 from videoft.models.classifier import VideoClassifier, build_classifier
 
 
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """`name` as a torch.device (None or "auto": CUDA when there is one, else the CPU); a UserError for a
+    name that is not a device or a device this machine does not have."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[VideoClassifier, RunCheckpoint]:
-    """The classifier of a videoft checkpoint (eval mode on `device`) and the checkpoint."""
+    """The classifier of a videoft checkpoint (eval mode on `device`) and the checkpoint; CheckpointError in
+    one line when `path` is not a videoft checkpoint or its weights do not fit."""
     ckpt = read_run_checkpoint(path)
     pre = ckpt.preprocessing
     model = build_classifier(ckpt.backbone, ckpt.num_classes, clip_len=pre.clip_len, crop_size=pre.crop_size,
@@ -30,7 +48,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Vi
     try:
         model.load_state_dict(ckpt.model)  # strict: a checkpoint that does not fit is an error
     except RuntimeError as err:
-        raise ValueError(f"{path}: its weights do not fit a {ckpt.backbone} classifier with "
+        raise CheckpointError(f"{path}: its weights do not fit a {ckpt.backbone} classifier with "
                          f"{ckpt.num_classes} classes ({str(err).splitlines()[0]})") from None
     return model.to(device).eval(), ckpt
 
@@ -55,7 +73,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device | None = None, **kwargs) -> Predictor:
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(device)
         model, ckpt = load_model(path, device)
         return cls(model, ckpt, device=device, **kwargs)
 

@@ -1,7 +1,7 @@
 """The fine-tuning recipe: setup -> fit -> cleanup. The one place that sees config, data, model and engine.
 
     recipe = FineTuneRecipe(cfg, dist_info, out_dir)
-    recipe.setup()      # data, model, optimizer, loaders, LR schedule, resume, DDP wrap (in this order)
+    recipe.setup()      # data, checks, model, optimizer, loaders, LR schedule, resume, DDP wrap (in this order)
     summary = recipe.fit()
 
 `run(cfg)` does all of it (with the process group and logging) for tools/train.py. Each setup step
@@ -30,11 +30,12 @@ from videoft.checkpoint import (
     init_from_checkpoint,
     read_run_checkpoint,
 )
-from videoft.config import Config, OptimConfig, dump_config
+from videoft.config import Config, ConfigError, OptimConfig, dump_config
 from videoft.data.dataset import load_splits, split_summary
 from videoft.data.loaders import build_eval_loader, build_train_loader
 from videoft.data.segments import audit_spans
 from videoft.data.transforms import Preprocessing
+from videoft.data.watchdog import decode_process
 from videoft.engine.checkpoint import rng_state, set_rng_state
 from videoft.engine.distributed import (
     DistInfo,
@@ -58,9 +59,11 @@ from videoft.engine.train import (
     recompute_bn_stats,
     train_one_epoch,
 )
+from videoft.errors import CheckpointError
 from videoft.models.backbones import BackboneSpec, get_backbone_spec
 from videoft.models.classifier import VideoClassifier, build_classifier
 from videoft.models.freezing import UnfreezeSchedule, freeze_stages, param_groups
+from videoft.preflight import audit_splits, check_run
 
 log = logging.getLogger("videoft")
 EpochHook = Callable[[dict], bool]  # per-epoch callback of FineTuneRecipe.fit: history row in, "stop now?" out
@@ -125,12 +128,15 @@ class FineTuneRecipe:
                               patience_left=cfg.train.early_stop_patience)
         self.schedule: UnfreezeSchedule | None = None
         self.scaler: torch.amp.GradScaler | None = None
+        self.resume_checkpoint: RunCheckpoint | None = None     # read by validate_setup, used by maybe_resume
+        self.init_checkpoint: RunCheckpoint | None = None
 
     # ---- setup ------------------------------------------------------------------------------------------
     def setup(self) -> None:
         """Every step in order; the order is part of the recipe (the RNG is drawn in this order)."""
         self.setup_runtime()
         self.setup_data()
+        self.validate_setup()
         self.setup_model()
         self.setup_optimizer()
         self.setup_loaders()
@@ -146,17 +152,20 @@ class FineTuneRecipe:
         configure_determinism(self.cfg.train.deterministic)
 
     def setup_data(self) -> None:
-        """Backbone spec, preprocessing, splits and classes; rank 0 writes config/classes/splits."""
+        """Backbone spec, preprocessing, splits and classes (with data.audit: quarantined files left out)."""
         cfg, dist = self.cfg, self.dist
         self.spec = get_backbone_spec(cfg.model.backbone)
         self.pre = resolve_preprocessing(cfg, self.spec)
         self.splits, self.classes = load_splits(cfg.data.root, val_fraction=cfg.data.val_fraction,
                                                 test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed)
-        if not self.splits.get("train"):
-            raise ValueError(f"data.root {cfg.data.root}: no training videos found")
-        if cfg.data.batch_size % dist.world_size:
-            raise ValueError(f"data.batch_size {cfg.data.batch_size} (the global batch) must be divisible by "
-                             f"the number of processes {dist.world_size}")
+        if cfg.data.audit:  # after the split, so leaving files out does not move the others between splits
+            self.splits, quarantined = audit_splits(self.splits, self.classes, self.pre, dist, self.out_dir,
+                                                    root=cfg.data.root, workers=cfg.data.num_workers,
+                                                    timeout=cfg.data.decode_timeout, backend=cfg.data.decoder)
+            self.state.failures.update(quarantined)
+        if cfg.data.decode_timeout and cfg.data.num_workers == 0:
+            # this process decodes: fork its decode child now, before the model exists (see decode_process)
+            decode_process(cfg.data.decode_timeout).start()
         log.info("data %s: %d classes\n%s", cfg.data.root, len(self.classes),
                  split_summary(self.splits, self.classes))
         if dist.is_main:
@@ -168,8 +177,17 @@ class FineTuneRecipe:
         log.info("backbone %s, clip %d frames x stride %d, crop %d (short side %d), %d process(es) on %s, %s",
                  self.spec.name, self.pre.clip_len, self.pre.frame_stride, self.pre.crop_size, self.pre.short_side,
                  dist.world_size, dist.device, f"backend {dist.backend}" if dist.backend else "no process group")
-        if dist.is_main:
-            dump_config(cfg, self.out_dir / "config.yaml")
+
+    def validate_setup(self) -> None:
+        """Every check that needs no model (geometry, runtime, data, resume/init_from checkpoints), before
+        the model is built or weights downloaded: all problems in one error, warnings logged."""
+        found = check_run(self.cfg, self.spec, self.pre, self.dist, self.splits, self.classes, self.resume_path())
+        for warning in found.warnings:
+            log.warning("%s", warning)
+        found.raise_if_any()
+        self.resume_checkpoint, self.init_checkpoint = found.resume, found.init_from
+        if self.dist.is_main:  # only now: a refused run (a resume that does not fit) leaves out_dir as it was
+            dump_config(self.cfg, self.out_dir / "config.yaml")
             (self.out_dir / "classes.txt").write_text("\n".join(self.classes) + "\n")
             (self.out_dir / "splits.json").write_text(json.dumps(
                 {k: [s.describe() for s in v] for k, v in self.splits.items()}, indent=1))
@@ -182,7 +200,7 @@ class FineTuneRecipe:
                                  weights=cfg.model.weights, on_missing_weights=cfg.model.on_missing_weights,
                                  dropout=cfg.model.dropout, model_dir=cfg.model.model_dir)
         if cfg.model.init_from:
-            init_from_checkpoint(model, cfg.model.init_from, self.classes)
+            init_from_checkpoint(model, cfg.model.init_from, self.classes, ckpt=self.init_checkpoint)
         total = len(spec.stages)
         frozen = total if cfg.freeze.stages < 0 or cfg.train.linear_probe else min(cfg.freeze.stages, total)
         u = cfg.freeze.unfreeze
@@ -213,7 +231,7 @@ class FineTuneRecipe:
         probe_views = (d.eval_clips, d.eval_crops) if cfg.train.linear_probe else None
         workers = {"num_workers": d.num_workers, "persistent_workers": d.persistent_workers,
                    "prefetch_factor": d.prefetch_factor, "rank": dist.rank, "world_size": dist.world_size,
-                   "device": dist.device, "backend": d.decoder}
+                   "device": dist.device, "backend": d.decoder, "decode_timeout": d.decode_timeout}
         self.train_loader = build_train_loader(
             self.splits["train"], self.pre, batch_size=per_rank_batch, seed=cfg.seed, hflip=d.hflip,
             scale_jitter=d.scale_jitter, balanced=d.balanced_sampler, fixed_views=probe_views, **workers)
@@ -262,12 +280,13 @@ class FineTuneRecipe:
         path = self.resume_path()
         if path is None or not path.is_file():
             if self.cfg.resume not in (None, "auto"):
-                raise FileNotFoundError(f"resume: {self.cfg.resume} does not exist")
+                raise CheckpointError(f"resume: {self.cfg.resume} does not exist")
             return False
-        ckpt = read_run_checkpoint(path)
-        check_resume_compatible(ckpt, self.cfg, self.classes, path)
-        if ckpt.training is None:
-            raise ValueError(f"cannot resume from {path}: it holds weights only, no training state")
+        ckpt = self.resume_checkpoint
+        if ckpt is None:  # validate_setup was not run (a step called on its own)
+            ckpt = read_run_checkpoint(path)
+            check_resume_compatible(ckpt, self.cfg, self.classes, path, self.pre)
+        self.resume_checkpoint = None  # the weights and optimizer state need not stay in memory
         t = ckpt.training
         if self.schedule is not None and t.unfreeze:
             self.schedule.load_state_dict(t.unfreeze)
@@ -484,8 +503,10 @@ def run(cfg: Config, on_epoch_end: EpochHook | None = None) -> dict:
     `on_epoch_end`: see `FineTuneRecipe.fit`."""
     dist = setup_distributed()
     out_dir = Path(cfg.out_dir)
-    if dist.is_main:
+    try:  # on every rank (exist_ok), so a failure is every rank's error and none waits at the barrier
         out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError([f"out_dir: {out_dir} cannot be created ({exc.strerror or exc})"]) from None
     barrier()
     setup_logging(dist, out_dir)
     try:

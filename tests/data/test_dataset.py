@@ -19,6 +19,7 @@ from videoft.data.dataset import (
     split_summary,
 )
 from videoft.data.transforms import build_transform
+from videoft.errors import DataError
 
 CLASSES = ["archery", "bowling", "cricket", "diving"]
 # clips per class; 2 clips per group: archery 3 groups, bowling 2, cricket 1, diving 4
@@ -230,8 +231,21 @@ def test_train_item_skips_and_reports_a_bad_file(samples, bad_file):
 
 def test_train_gives_up_when_every_file_is_bad(bad_file):
     ds = train_dataset([VideoSample(str(bad_file), 0)] * 3, max_retries=4)
-    with pytest.raises(RuntimeError, match="5 videos in a row"):
+    with pytest.raises(DataError, match="5 videos in a row failed to decode") as err:
         ds[0]
+    assert str(bad_file) in str(err.value) and "tools/audit.py" in str(err.value)
+
+
+def test_giving_up_inside_a_dataloader_worker_is_one_line(bad_file):
+    """The DataLoader re-raises a worker's exception rebuilt from its traceback text: the user
+    must still get the one line (and the exit code of a user error), not the worker's traceback."""
+    ds = train_dataset([VideoSample(str(bad_file), 0)] * 3, max_retries=4)
+    with pytest.raises(DataError) as err:
+        next(iter(DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate)))
+    text = str(err.value)
+    assert text.startswith("5 videos in a row failed to decode (last: ") and str(bad_file) in text
+    assert "\n" not in text and "Traceback" not in text
+    assert err.value.where == "in DataLoader worker process 0"
 
 
 def test_eval_item(samples):

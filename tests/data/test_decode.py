@@ -1,7 +1,9 @@
 """Decoding: exact frames by pixel value on lossless videos, both backends, resize, bad files."""
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import pickle
 from fractions import Fraction
 from pathlib import Path
@@ -11,7 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from videoft.data.decode import VideoDecodeError, VideoInfo, VideoReader, probe, read_frames, resized_shape
+from videoft.data.decode import (
+    VideoDecodeError,
+    VideoInfo,
+    VideoReader,
+    _stat_reason,
+    probe,
+    read_frames,
+    resized_shape,
+)
 
 BACKENDS = ("decord", "pyav")
 
@@ -322,3 +332,52 @@ def test_truncated_file_with_decord_only_is_a_decode_error_or_clamped(truncated_
     frames = reader.get_frames([header_frames - 1])  # pragma: no cover - a decord that opens it
     assert reader.info.num_frames < header_frames
     assert_frames(frames, [reader.info.num_frames - 1])
+
+
+# ---------------------------------------------------------------------------- what the OS says about a path
+
+def _os_cases(tmp_path: Path, video: Path) -> dict[str, tuple[Path, str]]:
+    (tmp_path / "loop.mp4").symlink_to("loop.mp4")
+    (tmp_path / "a.mp4").symlink_to("b.mp4")
+    (tmp_path / "b.mp4").symlink_to("a.mp4")
+    (tmp_path / "dangling.mp4").symlink_to("gone.mp4")
+    os.mkfifo(tmp_path / "fifo.mp4")
+    (tmp_path / "file").write_text("x")
+    return {
+        "symlink loop": (tmp_path / "loop.mp4", "symbolic link loop (following its links never reaches a file)"),
+        "two-link cycle": (tmp_path / "a.mp4", "symbolic link loop (following its links never reaches a file)"),
+        "dangling link": (tmp_path / "dangling.mp4", "dangling symbolic link (its target gone.mp4 does not exist)"),
+        "fifo": (tmp_path / "fifo.mp4", "is a named pipe (FIFO), not a regular file"),
+        "under a file": (tmp_path / "file" / "v.mp4", "a part of the path is a file, not a folder"),
+        "missing": (tmp_path / "missing.mp4", "file does not exist"),
+    }
+
+
+@pytest.mark.parametrize("case", ["symlink loop", "two-link cycle", "dangling link", "fifo", "under a file",
+                                  "missing"])
+def test_os_level_problems_have_their_own_reason(tmp_path, lossless_video, case):
+    """Issue #11 case 8: a symlink loop was reported as "file does not exist" (os.path.exists is False for
+    it). A FIFO must be refused at once, not opened (opening one blocks until someone writes to it)."""
+    path, reason = _os_cases(tmp_path, lossless_video)[case]
+    with pytest.raises(VideoDecodeError) as err:
+        VideoReader(path)
+    assert (err.value.path, err.value.reason) == (str(path), reason)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file: no permission error to provoke")
+def test_unreadable_file_is_permission_denied(tmp_path, lossless_video):
+    path = tmp_path / "locked.mp4"
+    path.write_bytes(lossless_video.read_bytes())
+    path.chmod(0)
+    with pytest.raises(VideoDecodeError, match="permission denied"):
+        VideoReader(path)
+
+
+@pytest.mark.parametrize("code, reason", [
+    (errno.EACCES, "permission denied (the file or a folder above it is not readable by this user)"),
+    (errno.EPERM, "permission denied (the file or a folder above it is not readable by this user)"),
+    (errno.EIO, "cannot be read (Input/output error)"),
+])
+def test_other_os_errors_are_named(tmp_path, code, reason):
+    """The errno -> reason mapping for errors a test cannot provoke as root (or at all)."""
+    assert _stat_reason(str(tmp_path / "x.mp4"), OSError(code, os.strerror(code))) == reason

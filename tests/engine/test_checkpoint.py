@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from videoft.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from videoft.errors import CheckpointError
 
 
 def test_round_trip_with_weights_only(tmp_path):
@@ -82,5 +83,5 @@ def test_load_rejects_non_checkpoints(tmp_path):
     torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a videoft checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")

@@ -12,6 +12,7 @@ import threading
 import pytest
 import torch
 
+from videoft.errors import WeightsError
 from videoft.models.backbones import WeightsUnavailableError, build_backbone, get_backbone_spec
 from videoft.models.classifier import build_classifier
 
@@ -86,7 +87,7 @@ def test_wrong_hash_in_file_name_raises(x3d_xs_file, http_dir, tmp_path):
     spec = get_backbone_spec("x3d_xs")
     for source in (f"{base}/x3d_xs-deadbeef.pyth", (tmp_path / "x3d_xs-deadbeef.pyth").as_uri()):
         # A corrupt file is not a missing one: on_missing_weights="random" does not hide it.
-        with pytest.raises(RuntimeError, match="hash") as info:
+        with pytest.raises(WeightsError, match="hash") as info:
             build_backbone(spec, weights=source, on_missing_weights="random", model_dir=str(tmp_path / "hub"))
         assert not isinstance(info.value, WeightsUnavailableError)
     assert not (tmp_path / "hub" / "x3d_xs-deadbeef.pyth").exists()  # torch.hub keeps no corrupt copy

@@ -29,6 +29,8 @@ from videoft.data.clip_indices import FrameRange, Span, eval_clip_indices, train
 from videoft.data.decode import VideoDecodeError, VideoReader
 from videoft.data.samplers import epoch_key
 from videoft.data.segments import parse_span, recording_split, split_whitespace_line
+from videoft.data.watchdog import decode_process
+from videoft.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,8 @@ def scan_class_folder(root: str | Path) -> list[tuple[str, str]]:
         for dirpath, _, files in sorted(os.walk(class_dir)):
             items += [(os.path.join(dirpath, f), class_dir.name) for f in sorted(files) if is_video(f)]
     if not items:
-        raise ValueError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {root}/<class>/")
+        raise DataError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {root}/<class>/",
+                        remedy="data.root is a folder of class folders, split folders, or a list file")
     return items
 
 
@@ -110,7 +113,13 @@ def read_list_file(path: str | Path, root: str | Path | None = None) -> list[Lis
     """
     path = Path(path)
     base = Path(root) if root else path.parent
-    text = path.read_text().splitlines()
+    if is_video(path):
+        raise DataError(f"{path} is a video, not a list file or a folder",
+                        remedy="data.root is the folder that holds the class folders (or a CSV list of videos)")
+    try:
+        text = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read as a list file ({exc})") from None
     rows: list[ListRow] = []
     is_csv = any("," in line for line in text[:5])
     lines = csv.reader(text) if is_csv else (split_whitespace_line(line) for line in text)
@@ -119,18 +128,18 @@ def read_list_file(path: str | Path, root: str | Path | None = None) -> list[Lis
         if not parts or parts[0].startswith("#"):
             continue
         if len(parts) not in (2, 4):
-            raise ValueError(f"{path}:{lineno}: expected 'path,label[,start,end]' or 'path label [start end]', "
-                             f"got {parts}")
+            raise DataError(f"{path}:{lineno}: expected 'path,label[,start,end]' or 'path label [start end]', "
+                            f"got {parts}")
         if lineno == 1 and is_csv and parts[1].lower() in ("label", "class", "class_name"):
             continue  # header
         video = parts[0] if os.path.isabs(parts[0]) else str(base / parts[0])
         try:
             span = parse_span(parts[2], parts[3]) if len(parts) == 4 else None
         except ValueError as err:
-            raise ValueError(f"{path}:{lineno}: {err}") from None
+            raise DataError(f"{path}:{lineno}: {err}") from None
         rows.append((video, parts[1], span))
     if not rows:
-        raise ValueError(f"{path}: no entries")
+        raise DataError(f"{path}: no entries")
     return rows
 
 
@@ -191,7 +200,7 @@ def _index_labels(rows: Sequence[tuple], classes: list[str] | None, where: str) 
         elif label.isdigit() and classes is None:
             out.append(VideoSample(path, int(label), span))
         else:
-            raise ValueError(f"{where}: label {label!r} of {path} is not a known class ({classes})")
+            raise DataError(f"{where}: label {label!r} of {path} is not a known class ({classes})")
     return out
 
 
@@ -203,7 +212,7 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.2, test_fraction: f
     """
     root = Path(root)
     if not root.exists():
-        raise ValueError(f"data root {root} does not exist")
+        raise DataError(f"data root {root} does not exist")
     fractions = {k: v for k, v in (("val", val_fraction), ("test", test_fraction)) if v > 0}
     if root.is_file():
         rows = read_list_file(root)
@@ -274,16 +283,28 @@ class VideoClipDataset(Dataset):
     Randomness comes from (seed, epoch, index), not from worker state, so a sample is
     the same whatever the number of workers or processes. A key may be an index (the epoch
     set with `set_epoch`) or an `(index, epoch)` pair (TrainSampler: persistent workers).
+
+    `decode_timeout` (seconds): decode in a child process that is killed when opening or decoding
+    a video takes longer (see videoft.data.watchdog); the video is then reported like an
+    undecodable one. None decodes in process, with no limit.
     """
 
     def __init__(self, samples: Sequence[VideoSample], *, clip_len: int, stride: int, train: bool,
                  transform: Callable[[torch.Tensor], torch.Tensor], short_side: int | None,
-                 num_clips: int = 1, backend: str = "auto", seed: int = 0, max_retries: int = 20):
+                 num_clips: int = 1, backend: str = "auto", seed: int = 0, max_retries: int = 20,
+                 decode_timeout: float | None = None):
         self.samples = list(samples)
         self.clip_len, self.stride, self.train = clip_len, stride, train
         self.transform, self.short_side, self.num_clips = transform, short_side, num_clips
         self.backend, self.seed, self.max_retries = backend, seed, max_retries
+        self.decode_timeout = decode_timeout
         self.epoch = 0
+
+    def open(self, path: str) -> VideoReader:
+        """A reader of `path` (in this process's decode child when there is a time limit)."""
+        if self.decode_timeout:
+            return decode_process(self.decode_timeout).open(path, short_side=self.short_side, backend=self.backend)
+        return VideoReader(path, short_side=self.short_side, backend=self.backend)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -302,7 +323,7 @@ class VideoClipDataset(Dataset):
         for _ in range(self.max_retries + 1):
             sample = self.samples[current]
             try:
-                reader = VideoReader(sample.path, short_side=self.short_side, backend=self.backend)
+                reader = self.open(sample.path)
                 frames = reader.get_frames(train_clip_indices(reader.info.num_frames, self.clip_len, self.stride,
                                                               rng, span=sample.frame_range(reader)))
                 with torch.random.fork_rng(devices=[]):
@@ -313,13 +334,15 @@ class VideoClipDataset(Dataset):
             except VideoDecodeError as err:
                 failures.append((err.path, err.reason))
                 current = rng.randrange(len(self.samples))
-        raise RuntimeError(f"{len(failures)} videos in a row failed to decode, last: "
-                           f"{failures[-1][0]}: {failures[-1][1]}")
+        # raised in a DataLoader worker: DataError rebuilds this one line from the worker's traceback
+        raise DataError(f"{len(failures)} videos in a row failed to decode (last: {failures[-1][0]}: "
+                        f"{failures[-1][1]})", remedy="Most files seem unreadable: run tools/audit.py "
+                        "on the data, or set data.audit=true to leave unreadable files out")
 
     def _eval_item(self, index: int) -> Item:
         sample = self.samples[index]
         try:
-            reader = VideoReader(sample.path, short_side=self.short_side, backend=self.backend)
+            reader = self.open(sample.path)
             views, clips = decode_views(reader, clip_len=self.clip_len, stride=self.stride,
                                         num_clips=self.num_clips, transform=self.transform,
                                         span=sample.frame_range(reader))

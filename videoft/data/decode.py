@@ -2,12 +2,15 @@
 
 This is the only module that imports decord. Every way a file can be undecodable
 ends in one exception, :class:`VideoDecodeError`, carrying the path and the reason.
+Frames come out upright: a rotation in the file's display matrix (phone footage) is applied.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -47,14 +50,23 @@ class VideoDecodeError(Exception):
         return (type(self), (self.path, self.reason))
 
 
+# containers that can carry a display matrix (rotation); others skip the first-frame decode that reads it
+_ROTATING_CONTAINERS = ("mov", "mp4", "matroska", "webm", "3gp")
+
+
 @dataclass(frozen=True)
 class VideoInfo:
-    """What the container says about the video stream (frame count checked when decoding)."""
+    """What the container says about the video stream (frame count checked when decoding).
+
+    `width` x `height` is the size as displayed (after `rotation`), which is also the size of the
+    decoded frames before any resize.
+    """
 
     num_frames: int
     fps: float
     width: int
     height: int
+    rotation: int = 0  # degrees counterclockwise the stored frames are turned to display them: 0, 90, 180, 270
 
     @property
     def duration(self) -> float:
@@ -91,13 +103,32 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             if not num_frames and container.duration:
                 num_frames = int(round(container.duration / av.time_base * fps))
             width, height = stream.codec_context.width, stream.codec_context.height
+            rotation = _rotation(container, stream) if num_frames else 0
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
         raise VideoDecodeError(path, f"not a readable video ({_short(exc)})") from None
     if not width or not height:
         raise VideoDecodeError(path, "video stream has no frame size")
-    return VideoInfo(num_frames=int(num_frames), fps=fps, width=width, height=height)
+    if rotation in (90, 270):
+        width, height = height, width
+    return VideoInfo(num_frames=int(num_frames), fps=fps, width=width, height=height, rotation=rotation)
+
+
+def _rotation(container: av.container.InputContainer, stream: av.VideoStream) -> int:
+    """The display rotation (0/90/180/270, counterclockwise) from the first frame's display matrix.
+
+    PyAV 18 exposes the matrix only on decoded frames, so this decodes one frame, and only for the
+    containers that can carry one (MP4/MOV/Matroska; not AVI). A file whose first frame does not
+    decode reports 0 here and fails later, when its frames are asked for.
+    """
+    if not any(name in _ROTATING_CONTAINERS for name in container.format.name.split(",")):
+        return 0
+    try:
+        frame = next(container.decode(stream), None)
+    except (av.FFmpegError, OSError, ValueError):
+        return 0
+    return int(round((frame.rotation if frame is not None else 0) / 90)) % 4 * 90
 
 
 class VideoReader:
@@ -122,22 +153,30 @@ class VideoReader:
         self._numbering: _FrameNumbering | None = None  # PyAV: frame index <-> timestamp, once known
         self._seekable = True  # PyAV: False once this file's timestamps proved irregular
         header = probe(self.path)
-        self.out_width, self.out_height = resized_shape(header.width, header.height, short_side)
+        self.rotation = header.rotation
+        # decoded as stored, then turned: the stored (coded) size is the displayed one, unrotated
+        stored = (header.height, header.width) if header.rotation in (90, 270) else (header.width, header.height)
+        self.out_width, self.out_height = resized_shape(*stored, short_side)
         self._vr = None
         self._resize_after = False
         self.backend = "pyav"
-        if backend != "pyav" and decord is not None:
+        if header.rotation and backend != "pyav":
+            # decord 0.6 turns some rotated videos itself but gets the size wrong (squashed frames when
+            # resizing, a 4-channel buffer at the native size): PyAV decodes them as stored, we turn them.
+            # Expected for phone footage, so not a warning (the audit lists rotated files)
+            log.debug("%s: rotated %d degrees (display matrix); decoding with PyAV", self.path, header.rotation)
+        elif backend != "pyav" and decord is not None:
             try:
                 self._resize_after = (self.out_width, self.out_height) in _decord_bad_sizes
                 self._vr = self._open_decord()
                 self.backend = "decord"
                 header = VideoInfo(len(self._vr), float(self._vr.get_avg_fps()) or header.fps,
-                                   header.width, header.height)
+                                   header.width, header.height, header.rotation)
             except Exception as exc:  # decord raises RuntimeError or its own DECORDError
                 if backend == "decord":
                     raise VideoDecodeError(self.path, f"decord cannot open it ({_short(exc)})") from None
                 self._log_fallback(f"decord cannot open it ({_short(exc)})")
-        elif backend == "decord":
+        elif backend == "decord" and decord is None:
             raise VideoDecodeError(self.path, "decord is not installed")
         if header.num_frames <= 0:
             raise VideoDecodeError(self.path, "the video has no frames")
@@ -174,7 +213,13 @@ class VideoReader:
                 self._log_fallback(f"decord failed on frames {min(indices)}..{max(indices)} ({_short(exc)})")
                 self._vr = None
                 self.backend = "pyav"
-        return self._pyav_frames(indices)
+        return self._upright(self._pyav_frames(indices))
+
+    def _upright(self, frames: torch.Tensor) -> torch.Tensor:  # [T, H, W, C] as stored -> as displayed
+        """Turn stored frames by the display rotation (counterclockwise, as FFmpeg's autorotate does)."""
+        if not self.rotation:
+            return frames
+        return torch.rot90(frames, self.rotation // 90, dims=(1, 2)).contiguous()
 
     def _open_decord(self):
         if self._resize_after:
@@ -244,7 +289,7 @@ class VideoReader:
             # the header over-reported the frame count: clamp to the last frame that decodes
             log.warning("%s: the header says %d frames but only %d decode; clamping to those",
                         self.path, self.info.num_frames, count)
-            self.info = VideoInfo(count, self.info.fps, self.info.width, self.info.height)
+            self.info = VideoInfo(count, self.info.fps, self.info.width, self.info.height, self.info.rotation)
             got.setdefault(count - 1, self._to_array(last_frame))
         return torch.from_numpy(np.stack([got[min(i, count - 1)] for i in indices]))
 
@@ -315,12 +360,38 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int], *, short_side: 
 
 
 def _check_file(path: str) -> None:
-    if not os.path.exists(path):
-        raise VideoDecodeError(path, "file does not exist")
-    if os.path.isdir(path):
+    """A regular, readable, non-empty file, or a VideoDecodeError saying which of those it is not."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise VideoDecodeError(path, _stat_reason(path, exc)) from None
+    if stat.S_ISDIR(st.st_mode):
         raise VideoDecodeError(path, "is a directory, not a video file")
-    if os.path.getsize(path) == 0:
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+        raise VideoDecodeError(path, f"is {kind}, not a regular file")
+    if st.st_size == 0:
         raise VideoDecodeError(path, "file is empty (0 bytes)")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise VideoDecodeError(path, _stat_reason(path, exc)) from None
+
+
+def _stat_reason(path: str, exc: OSError) -> str:
+    """Why os.stat/open failed, in words: a missing file, a dangling link, a link loop, no permission..."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (following its links never reaches a file)"
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        return f"dangling symbolic link (its target {os.readlink(path)} does not exist)"
+    if exc.errno == errno.ENOENT:
+        return "file does not exist"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied (the file or a folder above it is not readable by this user)"
+    if exc.errno == errno.ENOTDIR:
+        return "a part of the path is a file, not a folder"
+    return f"cannot be read ({os.strerror(exc.errno) if exc.errno else exc})"
 
 
 def _short(exc: BaseException) -> str:

@@ -42,15 +42,16 @@ def build_train_loader(samples: Sequence[VideoSample], pre: Preprocessing, *, ba
                        hflip: bool = True, scale_jitter: tuple[float, float] = (1.0, 1.25),
                        balanced: bool = False, fixed_views: tuple[int, int] | None = None,
                        persistent_workers: bool = True, prefetch_factor: int | None = None,
-                       start_method: str | None = None) -> DataLoader:
+                       start_method: str | None = None, decode_timeout: float | None = None) -> DataLoader:
     """One random clip per video and epoch (epoch-seeded TrainSampler, sharded over ranks).
 
     batch_size: per rank. fixed_views=(clips, crops): the deterministic evaluation views
     instead (linear probe: a frozen backbone's output for them never changes).
     start_method: "fork", "spawn" or "forkserver" for the workers (default: spawn on CUDA).
+    decode_timeout: seconds before a video's decode is abandoned (None: no limit; see VideoClipDataset).
     """
     common = {"clip_len": pre.clip_len, "stride": pre.frame_stride, "short_side": pre.short_side,
-              "backend": backend, "seed": seed}
+              "backend": backend, "seed": seed, "decode_timeout": decode_timeout}
     if fixed_views is not None:
         clips, crops = fixed_views
         dataset = VideoClipDataset(samples, train=False, transform=pre.eval_transform(crops), num_clips=clips,
@@ -68,7 +69,8 @@ def build_eval_loader(samples: Sequence[VideoSample] | VideoClipDataset, pre: Pr
                       num_clips: int = 1, num_crops: int = 1, batch_size: int, num_workers: int,
                       rank: int = 0, world_size: int = 1, device: torch.device = torch.device("cpu"),
                       backend: str = "auto", seed: int = 0, persistent_workers: bool = False,
-                      prefetch_factor: int | None = None, start_method: str | None = None) -> DataLoader:
+                      prefetch_factor: int | None = None, start_method: str | None = None,
+                      decode_timeout: float | None = None) -> DataLoader:
     """Every view of every video, each video on exactly one rank (ShardSampler, no padding).
 
     `samples` may be an existing evaluation-mode dataset (the linear probe reshards its training
@@ -81,7 +83,7 @@ def build_eval_loader(samples: Sequence[VideoSample] | VideoClipDataset, pre: Pr
         assert pre is not None, "build_eval_loader needs the preprocessing to build a dataset"
         dataset = VideoClipDataset(samples, clip_len=pre.clip_len, stride=pre.frame_stride, train=False,
                                    transform=pre.eval_transform(num_crops), short_side=pre.short_side,
-                                   num_clips=num_clips, backend=backend, seed=seed)
+                                   num_clips=num_clips, backend=backend, seed=seed, decode_timeout=decode_timeout)
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
                       **loader_options(num_workers, device, persistent=persistent_workers,
                                        prefetch_factor=prefetch_factor, start_method=start_method))

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from videoft.errors import CheckpointError
+
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write to a temp file in the same folder, fsync, then rename over `path`.
@@ -39,17 +41,22 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a videoft checkpoint with `weights_only=True`; a clear error if it is not one."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    require_model: bool = True) -> dict[str, Any]:
+    """Load a videoft checkpoint with `weights_only=True`; a clear error if it is not one.
+
+    require_model=False leaves the content check to the caller (videoft.checkpoint checks the format).
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path}: not a videoft checkpoint (no 'model' entry)")
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})") from None
+    if not isinstance(state, dict) or (require_model and "model" not in state):
+        raise CheckpointError(f"{path}: not a videoft checkpoint (no 'model' entry)")
     return state
 
 

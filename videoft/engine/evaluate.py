@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from videoft.engine.distributed import broadcast_from_main, gather_to_main
 from videoft.engine.metrics import compute_metrics
+from videoft.progress import progress
 
 
 @dataclass
@@ -67,7 +67,7 @@ def predict(model: torch.nn.Module, loader, *, device: torch.device, num_clips: 
     on rank 0, None on the other ranks."""
     model.eval()
     part = _Shard()
-    for batch in tqdm(loader, desc=desc, disable=not show_progress, leave=False, dynamic_ncols=True):
+    for batch in progress(loader, desc=desc, enabled=show_progress, unit="batch"):
         part.failures += batch["failures"]
         valid = batch["valid"]
         if not valid.any():

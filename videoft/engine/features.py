@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from videoft.data.dataset import Item
 from videoft.data.loaders import build_eval_loader, loader_options
 from videoft.data.samplers import epoch_key
 from videoft.engine.distributed import DistInfo, barrier, gather_to_main
 from videoft.engine.evaluate import forward_views
+from videoft.progress import progress
 
 log = logging.getLogger("videoft")
 
@@ -44,7 +44,7 @@ def write_feature_shard(backbone: torch.nn.Module, loader, path: str | Path, *, 
     data: np.memmap | None = None
     indices: list[int] = []
     failures: list = []
-    for batch in tqdm(loader, desc="cache features", disable=not show_progress, leave=False, dynamic_ncols=True):
+    for batch in progress(loader, desc="cache features", enabled=show_progress, unit="batch"):
         failures += batch["failures"]
         valid = batch["valid"]
         if not valid.any():

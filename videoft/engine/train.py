@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from videoft.engine.distributed import all_reduce_sum, gather_to_main
+from videoft.progress import progress
 
 
 class NonFiniteLossError(RuntimeError):
@@ -145,7 +145,7 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
     totals, failures, start = _Totals(), [], time.perf_counter()
     micro = steps_this_epoch = 0
     num_batches = len(loader)  # equal on every rank (TrainSampler pads): the last window ends together
-    bar = tqdm(loader, desc=epoch_desc, disable=not show_progress, leave=False, dynamic_ncols=True)
+    bar = progress(loader, desc=epoch_desc, enabled=show_progress, unit="batch")
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar):
         failures += batch["failures"]

@@ -32,6 +32,7 @@ from pytorchvideo.models.hub import vision_transformers as _pv_vit
 from pytorchvideo.models.hub import x3d as _pv_x3d
 
 from videoft.choices import ON_MISSING_WEIGHTS, weights_source_problem
+from videoft.errors import ConfigError, UserError, WeightsError
 from videoft.models.weights import (
     WeightsUnavailableError,
     hash_prefix_in_name,
@@ -151,7 +152,7 @@ BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in (
 def get_backbone_spec(name: str) -> BackboneSpec:
     """The spec of a zoo backbone by name."""
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; allowed: {sorted(BACKBONES)}")
+        raise UserError(f"unknown backbone {name!r}; allowed: {sorted(BACKBONES)}")
     return BACKBONES[name]
 
 
@@ -172,7 +173,7 @@ def build_backbone(spec: BackboneSpec, *, clip_len: int | None = None, crop_size
     _check_geometry(spec, clip_len, crop_size)
     problem = weights_source_problem(pretrained, weights)
     if problem:
-        raise ValueError(problem)
+        raise ConfigError([problem])
     if on_missing_weights not in ON_MISSING_WEIGHTS:
         raise ValueError(f"on_missing_weights={on_missing_weights!r}; allowed: {ON_MISSING_WEIGHTS}")
 
@@ -180,7 +181,7 @@ def build_backbone(spec: BackboneSpec, *, clip_len: int | None = None, crop_size
     source, check_hash = weights, True
     if pretrained is not None:
         if spec.weights_url is None:
-            raise ValueError(f"{spec.name} has no official {pretrained} weights; pass weights=<path>")
+            raise WeightsError(f"{spec.name} has no official {pretrained} weights; pass weights=<path>")
         if hash_prefix_in_name(spec.weights_url) != spec.weights_sha256:
             raise ValueError(f"{spec.name}: weights_sha256={spec.weights_sha256!r} is not the hash in "
                              f"the file name of {spec.weights_url}")
@@ -210,14 +211,21 @@ def build_backbone(spec: BackboneSpec, *, clip_len: int | None = None, crop_size
     return model, dim
 
 
-def _check_geometry(spec: BackboneSpec, clip_len: int, crop_size: int) -> None:
+def geometry_problem(spec: BackboneSpec, clip_len: int, crop_size: int) -> str | None:
+    """Why `spec` cannot take clips of this length and crop, or None when it can."""
     if clip_len < spec.min_clip_len or crop_size < spec.min_crop_size:
-        raise ValueError(f"{spec.name} needs clip_len >= {spec.min_clip_len} and crop_size >= "
-                         f"{spec.min_crop_size}; got clip_len={clip_len}, crop_size={crop_size}")
+        return (f"{spec.name} needs clip_len >= {spec.min_clip_len} and crop_size >= "
+                f"{spec.min_crop_size}; got clip_len={clip_len}, crop_size={crop_size}")
     if spec.fixed_geometry and (clip_len, crop_size) != (spec.clip_len, spec.crop_size):
-        raise ValueError(
-            f"{spec.name} only takes clip_len={spec.clip_len}, crop_size={spec.crop_size} (its positional "
-            f"embeddings are sized for them); got clip_len={clip_len}, crop_size={crop_size}")
+        return (f"{spec.name} only takes clip_len={spec.clip_len}, crop_size={spec.crop_size} (its positional "
+                f"embeddings are sized for them); got clip_len={clip_len}, crop_size={crop_size}")
+    return None
+
+
+def _check_geometry(spec: BackboneSpec, clip_len: int, crop_size: int) -> None:
+    problem = geometry_problem(spec, clip_len, crop_size)
+    if problem:
+        raise UserError(problem)
 
 
 def _replace(model: nn.Module, dotted: str, new: nn.Module) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from videoft.errors import WeightsError
+
 log = logging.getLogger(__name__)
 
 WEIGHTS_FORMATS = ("pytorchvideo", "torchvision")
@@ -23,7 +25,7 @@ _MAX_KEYS_SHOWN = 8
 _warned: set[str] = set()  # sources already warned about, so the fallback warning appears once per process
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(WeightsError):
     """Pretrained weights could not be fetched (no network, HTTP error, missing file)."""
 
 
@@ -57,7 +59,7 @@ def read_checkpoint(source: str, *, model_dir: str | None = None, check_hash: bo
         if expected is not None:
             digest = _sha256(path)
             if not digest.startswith(expected):
-                raise RuntimeError(f"{source}: invalid hash value (expected {expected!r} from the file "
+                raise WeightsError(f"{source}: invalid hash value (expected {expected!r} from the file "
                                    f"name, got {digest[:len(expected)]!r}); the file is corrupt or misnamed")
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -77,8 +79,9 @@ def read_checkpoint(source: str, *, model_dir: str | None = None, check_hash: bo
             f"or copy it to {cache}") from e
     except RuntimeError as e:
         if "invalid hash value" in str(e):
-            raise RuntimeError(f"{source}: the file's sha256 does not match the hash prefix in its "
-                               f"name ({e}); the download is corrupt or the URL is wrong") from e
+            raise WeightsError(f"{source}: the file's sha256 does not match the hash prefix in its name "
+                               f"({str(e).strip().splitlines()[0]}); the download is corrupt or the URL is wrong",
+                               remedy="delete the file from the download cache and run again") from e
         raise
 
 
@@ -87,16 +90,16 @@ def unwrap_state_dict(checkpoint: Any, weights_format: str, source: str) -> Mapp
     if weights_format not in WEIGHTS_FORMATS:
         raise ValueError(f"weights_format={weights_format!r}; allowed: {WEIGHTS_FORMATS}")
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"{source}: expected a dict checkpoint, got {type(checkpoint).__name__}")
+        raise WeightsError(f"{source}: expected a dict checkpoint, got {type(checkpoint).__name__}")
     if weights_format == "pytorchvideo":
         if "model_state" not in checkpoint:
-            raise ValueError(
+            raise WeightsError(
                 f"{source}: a pytorchvideo checkpoint is {{'model_state': state_dict}}; this one has keys "
                 f"{_shorten(list(checkpoint))} (a videoft checkpoint goes to init_from, not weights)")
         checkpoint = checkpoint["model_state"]
     bad = [k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"{source}: not a plain state dict ({weights_format} format); "
+        raise WeightsError(f"{source}: not a plain state dict ({weights_format} format); "
                          f"non-tensor entries {_shorten(bad)}")
     return checkpoint
 
@@ -109,7 +112,7 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source
     shapes = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
               for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
     if missing or unexpected or shapes:
-        raise ValueError(
+        raise WeightsError(
             f"weights from {source} do not match the {type(model).__name__} architecture: "
             f"{len(missing)} missing keys {_shorten(missing)}, {len(unexpected)} unexpected keys "
             f"{_shorten(unexpected)}, {len(shapes)} shape mismatches {_shorten(shapes)}")
@@ -126,8 +129,8 @@ def warn_random_init(source: str, error: Exception) -> None:
                 + "!" * 72, error)
 
 
-def _refused(source: str, error: Exception) -> ValueError:
-    return ValueError(f"{source}: torch.load(weights_only=True) refuses this file (it holds more than "
+def _refused(source: str, error: Exception) -> WeightsError:
+    return WeightsError(f"{source}: torch.load(weights_only=True) refuses this file (it holds more than "
                       f"tensors and plain containers, or is not a torch checkpoint): {error}")
 
 
