@@ -28,7 +28,7 @@ from videoft.data.audit import (
 from videoft.data.clip_indices import clip_span
 from videoft.data.dataset import VideoSample, group_of
 from videoft.data.transforms import Preprocessing
-from videoft.engine.distributed import DistInfo, all_gather_objects
+from videoft.engine.distributed import DistInfo, broadcast_from_main, gather_to_main
 from videoft.errors import CheckpointError, ConfigError, DataError, UserError
 from videoft.models.backbones import BackboneSpec, geometry_problem
 
@@ -101,10 +101,10 @@ def runtime_problems(cfg: Config, dist: DistInfo) -> tuple[list[str], list[str]]
     if cfg.data.batch_size % dist.world_size:
         problems.append(f"data.batch_size {cfg.data.batch_size} (the global batch) must be divisible by the "
                         f"number of processes {dist.world_size}")
-    if cfg.train.sync_bn and dist.device.type != "cuda" and dist.distributed:
+    if cfg.train.sync_bn and dist.device.type != "cuda" and dist.world_size > 1:
         problems.append(f"train.sync_bn: SyncBatchNorm needs CUDA devices; this run is on {dist.device.type} "
                         "(gloo): set train.sync_bn=false")
-    elif cfg.train.sync_bn and not dist.distributed:
+    elif cfg.train.sync_bn and dist.world_size == 1:
         warnings.append("train.sync_bn has no effect with one process (it synchronises BatchNorm statistics "
                         "across torchrun processes)")
     return problems, warnings
@@ -193,7 +193,9 @@ def audit_splits(splits: dict[str, list[VideoSample]], classes: list[str], pre: 
     cache = AuditCache(default_cache_path(root))
     mine = audit_videos(items[dist.rank::dist.world_size], settings, workers=max(1, workers), cache=cache,
                         show_progress=dist.is_main)
-    records = sorted((r for part in all_gather_objects(mine) for r in part), key=lambda r: r.path)
+    parts = gather_to_main(mine)  # every rank needs the verdicts: rank 0 merges them and sends them back
+    records = broadcast_from_main(sorted((r for part in parts for r in part), key=lambda r: r.path)
+                                  if parts is not None else None)
     span = clip_span(pre.clip_len, pre.frame_stride)
     bad = {r.path: f"quarantined by data.audit: {r.error}" for r in quarantine(records)}
     if dist.is_main:

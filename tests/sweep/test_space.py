@@ -12,6 +12,7 @@ from videoft.sweep.space import load_space, overrides_for
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "demo.yaml"
 BASE = ["data.root=somewhere"]
+WIDE = [*BASE, "data.short_side=128"]  # room for the crops these spaces search
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -28,7 +29,7 @@ freeze.stages: {low: 0, high: 4}
 data.crop_size: {low: 64, high: 112, step: 16}
 data.scale_jitter: [[1.0, 1.25], [1.0, 1.5]]
 model.pretrained: {choices: [null, kinetics400]}
-"""), DEMO, BASE)
+"""), DEMO, WIDE)
     d = space.distributions()
     assert d["optim.lr"] == optuna.distributions.FloatDistribution(1e-4, 0.1, log=True)
     assert d["optim.weight_decay"] == optuna.distributions.FloatDistribution(0.0, 1.0)
@@ -90,8 +91,17 @@ def test_shipped_space_is_valid_against_the_demo_config():
 def test_contains_checks_enqueued_values(tmp_path):
     space = load_space(write(tmp_path, "optim.lr: {low: 1e-4, high: 0.1, log: true}\n"
                                        "data.crop_size: {low: 64, high: 112, step: 16}\n"
-                                       "data.scale_jitter: [[1.0, 1.25]]\n"), DEMO, BASE)
+                                       "data.scale_jitter: [[1.0, 1.25]]\n"), DEMO, WIDE)
     lr, crop, jitter = space.params
     assert lr.contains(lr.coerce("1e-3")) and not lr.contains(1.0) and not lr.contains("fast")
     assert crop.contains(80) and not crop.contains(81) and not crop.contains(80.0)
     assert jitter.contains([1.0, 1.25]) and not jitter.contains([1.0, 1.5])
+
+
+def test_a_value_the_base_config_refuses_is_reported_unless_its_partner_is_searched(tmp_path):
+    crop_only = write(tmp_path, "data.crop_size: {low: 32, high: 112, step: 16}\n")
+    with pytest.raises(ConfigError) as err:
+        load_space(crop_only, DEMO, BASE)  # demo short side 36: a 112 crop can never be cut
+    assert "value 112" in str(err.value) and "value 32" not in str(err.value)
+    both = write(tmp_path, "data.crop_size: {low: 32, high: 112, step: 16}\ndata.short_side: [36, 128]\n")
+    assert load_space(both, DEMO, BASE).keys == ["data.crop_size", "data.short_side"]  # the trial decides

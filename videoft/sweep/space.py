@@ -188,10 +188,11 @@ def load_space(path: str | Path, config: str | Path | None, overrides: list[str]
         raise ConfigError([f"{path}: expected a mapping of config keys to ranges or choices, got {raw!r}"])
     problems: list[str] = []
     params = []
+    searched = {str(k) for k in raw}
     for key, spec in raw.items():
         param, key_problems = _parse_param(str(key), spec)
         if not key_problems and param is not None:
-            key_problems = _check_values(param, config, overrides)
+            key_problems = _check_values(param, config, overrides, searched - {param.key})
         problems += [f"{path}: {key}: {p}" for p in key_problems]
         if param is not None:
             params.append(param)
@@ -266,15 +267,20 @@ def _parse_range(key: str, spec: dict, hint: Any) -> tuple[Param | None, list[st
                  step=None if hint is int and step == 1 else step), []
 
 
-def _check_values(param: Param, config: str | Path | None, overrides: list[str] | tuple[str, ...]) -> list[str]:
-    """Each bound and choice applied alone to the base config: the problems the config validation finds."""
+def _check_values(param: Param, config: str | Path | None, overrides: list[str] | tuple[str, ...],
+                  others: set[str]) -> list[str]:
+    """Each bound and choice applied alone to the base config: the problems the config validation finds.
+
+    A problem that also names another searched key (crop against short side) depends on what the trial
+    draws for that key: it is left to the trial, which fails with the reason and the sweep goes on.
+    """
     values = list(param.choices) if param.kind == "choices" else [param.low, param.high]
     problems = []
     for value in values:
         try:
             load_config(config, [*overrides, *overrides_for({param.key: value})])
         except ConfigError as err:
-            mine = [p for p in err.problems if param.key in p]
+            mine = [p for p in err.problems if param.key in p and not any(o in p for o in others)]
             problems += [f"value {value!r}: {p}" for p in mine]
     return problems
 
