@@ -17,8 +17,6 @@ import logging
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from videoft.choices import DECODERS, EVAL_CROPS
 from videoft.data.dataset import SPLIT_NAMES, VideoSample, load_splits
 from videoft.data.decode import VideoDecodeError
@@ -30,6 +28,7 @@ from videoft.engine.gallery import GalleryCaps, GalleryItem, render_gallery, sel
 from videoft.engine.report import format_summary, write_report
 from videoft.errors import DataError, report_user_errors
 from videoft.inference import load_model, resolve_device
+from videoft.progress import progress
 
 log = logging.getLogger("videoft")
 
@@ -120,8 +119,8 @@ def build_gallery(report: dict, predictions: list[dict], args: argparse.Namespac
                        correct_per_class=args.gallery_correct)
     mistakes, unsure = select_gallery(predictions, caps)
     items = {"mistake": [], "unsure": []}
-    for kind, k in tqdm([("mistake", k) for k in mistakes] + [("unsure", k) for k in unsure],
-                        desc="gallery", leave=False, dynamic_ncols=True):
+    for kind, k in progress([("mistake", k) for k in mistakes] + [("unsure", k) for k in unsure],
+                            desc="gallery"):
         p, video = predictions[k], report["per_video"][k]
         item = GalleryItem(kind, p["video"], p["true"], p["predicted"], p["confidence"])
         try:

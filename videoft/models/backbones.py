@@ -17,19 +17,25 @@ Library quirks handled here (checked against pytorchvideo 0.1.5 / torchvision 0.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch.nn as nn
 import torchvision.models.video as tvv
-from pytorchvideo.models import hub as pvhub
-from pytorchvideo.models.hub import csn as _pv_csn
-from pytorchvideo.models.hub import r2plus1d as _pv_r2p1
-from pytorchvideo.models.hub import resnet as _pv_resnet
-from pytorchvideo.models.hub import slowfast as _pv_slowfast
-from pytorchvideo.models.hub import vision_transformers as _pv_vit
-from pytorchvideo.models.hub import x3d as _pv_x3d
+
+with warnings.catch_warnings():
+    # pytorchvideo 0.1.5 applies torch.jit.script to one of its helpers at import time, and this torch
+    # warns about that on every start of every tool: nothing a user can act on, so it is silenced here.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    from pytorchvideo.models import hub as pvhub
+    from pytorchvideo.models.hub import csn as _pv_csn
+    from pytorchvideo.models.hub import r2plus1d as _pv_r2p1
+    from pytorchvideo.models.hub import resnet as _pv_resnet
+    from pytorchvideo.models.hub import slowfast as _pv_slowfast
+    from pytorchvideo.models.hub import vision_transformers as _pv_vit
+    from pytorchvideo.models.hub import x3d as _pv_x3d
 
 from videoft.choices import ON_MISSING_WEIGHTS, weights_source_problem
 from videoft.errors import ConfigError, UserError, WeightsError
