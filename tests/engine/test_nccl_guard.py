@@ -143,6 +143,7 @@ def test_linear_probe_with_feature_cache(tmp_path, tiny_motion_dataset):
 
 def test_linear_probe_solver_with_feature_caches(tmp_path, tiny_motion_dataset):
     """2 ranks cache their shards of the training and validation features; rank 0 solves, every rank validates."""
+    from videoft.engine.probe import L2_GRID
     out = tmp_path / "run"
     proc = guarded_torchrun(2, [*TRAIN, f"data.root={tiny_motion_dataset}", f"out_dir={out}", *TINY_TRAIN_OVERRIDES,
                                 "train.linear_probe=true", "train.min_val_videos=8"], tmp_path / "guard")
@@ -150,4 +151,4 @@ def test_linear_probe_solver_with_feature_caches(tmp_path, tiny_motion_dataset):
     assert proc.stdout.count("linear probe: L2") == 1  # one solver, on rank 0
     assert "chosen by validation (8 videos)" in proc.stdout  # both ranks' halves of the validation cache
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert row["probe_l2"] in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0) and "val_video_top1" in row
+    assert row["probe_l2"] in L2_GRID and "val_video_top1" in row
