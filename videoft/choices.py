@@ -14,6 +14,8 @@ BN_MODES = ("frozen", "all", "train")                      # videoft.models.free
 OPTIMIZERS = ("sgd", "adamw")                              # videoft.recipe
 AMP_MODES = ("auto", "bf16", "fp16", "off")                # videoft.engine.train.amp_dtype_for
 BEST_METRICS = ("mean_class_accuracy", "top1", "video_top1", "video_mean_class_accuracy")  # engine.evaluate
+PROBE_SOLVERS = ("lbfgs", "sgd")                            # videoft.engine.probe (lbfgs) or the epoch loop (sgd)
+BEST_CHECKPOINTS = ("auto", "best", "last")                # videoft.recipe: what best.pt holds
 
 
 def weights_source_problem(pretrained: str | None, weights: str | None) -> str | None:

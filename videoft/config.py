@@ -13,12 +13,14 @@ import yaml
 
 from videoft.choices import (
     AMP_MODES,
+    BEST_CHECKPOINTS,
     BEST_METRICS,
     BN_MODES,
     DECODERS,
     EVAL_CROPS,
     ON_MISSING_WEIGHTS,
     OPTIMIZERS,
+    PROBE_SOLVERS,
     weights_source_problem,
 )
 from videoft.config_checks import path_problems, range_problems
@@ -112,6 +114,11 @@ class TrainConfig:
     precise_bn_batches: int = 0     # before each validation, recompute BatchNorm statistics over N train batches
     linear_probe: bool = False      # whole backbone frozen, trained on the eval views (eval_clips x eval_crops)
     cache_features: bool = True     # linear_probe: run the backbone once and train the head on cached features
+    probe_solver: str = "lbfgs"     # linear_probe on cached features: lbfgs (standardised features, the head
+                                    # solved to convergence, L2 chosen from a grid; train.epochs unused) | sgd
+    best_checkpoint: str = "auto"   # best.pt: best (best validated epoch) | last | auto (last when validation
+                                    # has fewer than min_val_videos videos and early stopping is off)
+    min_val_videos: int = 30        # below this, validation is too small to choose an epoch or an L2 strength
     feature_cache_ram_mb: float = 1024  # cached features above this size are memory-mapped from
                                     # out_dir/feature_cache instead of loaded in each process's RAM
     threads: int | None = None      # torch CPU threads (None: torch's default)
@@ -138,6 +145,8 @@ CHOICES = {
     "optim.name": OPTIMIZERS,
     "train.amp": AMP_MODES,
     "train.best_metric": BEST_METRICS,
+    "train.best_checkpoint": BEST_CHECKPOINTS,
+    "train.probe_solver": PROBE_SOLVERS,
 }
 
 
@@ -218,6 +227,9 @@ def validate(cfg: Config) -> list[str]:
         problems.append(f"data.crop_size {d.crop_size} is larger than the frames it is cut from (data.short_side "
                         f"{d.short_side} x data.scale_jitter low {d.scale_jitter[0]}): lower the crop or raise "
                         "the short side")
+    if cfg.train.linear_probe and cfg.train.probe_solver == "lbfgs" and not cfg.train.cache_features:
+        problems.append("train.probe_solver=lbfgs solves the head on cached features: needs train.cache_features="
+                        "true (or train.probe_solver=sgd)")
     if cfg.train.linear_probe and cfg.freeze.unfreeze.every:
         problems.append("train.linear_probe keeps the whole backbone frozen: freeze.unfreeze.every must be 0")
     weights_problem = weights_source_problem(cfg.model.pretrained, cfg.model.weights)

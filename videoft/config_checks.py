@@ -22,7 +22,7 @@ _RANGES = (
     ("train.epochs", 1, None, "[]"), ("train.eval_every", 1, None, "[]"), ("train.early_stop_patience", 0, None, "[]"),
     ("train.checkpoint_every_steps", 0, None, "[]"), ("train.max_steps_per_epoch", 1, None, "[]"),
     ("train.precise_bn_batches", 0, None, "[]"), ("train.threads", 1, None, "[]"),
-    ("train.feature_cache_ram_mb", 0, None, "[]"),
+    ("train.feature_cache_ram_mb", 0, None, "[]"), ("train.min_val_videos", 0, None, "[]"),
 )
 
 

@@ -46,9 +46,10 @@ from videoft.engine.distributed import (
     sync_bn_stats,
 )
 from videoft.engine.evaluate import predict, summarize
-from videoft.engine.features import cache_features
+from videoft.engine.features import cache_eval_features, cache_features
 from videoft.engine.logger import RunLogger
 from videoft.engine.metrics import cross_entropy
+from videoft.engine.probe import load_into_head, solve_linear_probe
 from videoft.engine.train import (
     EpochResult,
     NonFiniteLossError,
@@ -130,6 +131,8 @@ class FineTuneRecipe:
         self.scaler: torch.amp.GradScaler | None = None
         self.resume_checkpoint: RunCheckpoint | None = None     # read by validate_setup, used by maybe_resume
         self.init_checkpoint: RunCheckpoint | None = None
+        self.keep_last = False  # best.pt follows the last epoch (validation too small to choose one)
+        self.val_features = None  # the validation views' features (the linear probe's solver)
 
     # ---- setup ------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -245,6 +248,31 @@ class FineTuneRecipe:
                 self.raw_model.backbone, self.train_loader, dist, self.out_dir / "feature_cache",
                 amp_dtype=self.amp_dtype, ram_limit_mb=cfg.train.feature_cache_ram_mb)
             self.state.failures.update(failures)
+            if self.uses_probe_solver and self.val_loader is not None:
+                self.val_features = cache_eval_features(
+                    self.raw_model.backbone, self.val_loader, dist, self.out_dir / "feature_cache" / "val",
+                    amp_dtype=self.amp_dtype, ram_limit_mb=cfg.train.feature_cache_ram_mb)
+        self.choose_best_rule()
+
+    @property
+    def uses_probe_solver(self) -> bool:
+        t = self.cfg.train
+        return t.linear_probe and t.cache_features and t.probe_solver == "lbfgs"
+
+    def choose_best_rule(self) -> None:
+        """best.pt: the best validated epoch, or the last one when validation is too small to choose.
+
+        With a few videos the validation accuracy moves in steps of 1/n: the best of many epochs is
+        mostly the luckiest, usually an early one. The cosine schedule's last epoch is then the better
+        pick (as papers report the final epoch). Early stopping is an explicit request to choose by
+        validation, so it keeps the best epoch."""
+        t, n_val = self.cfg.train, len(self.splits.get("val") or [])
+        small = n_val < t.min_val_videos and not t.early_stop_patience and not self.uses_probe_solver
+        self.keep_last = t.best_checkpoint == "last" or (t.best_checkpoint == "auto" and small)
+        if t.best_checkpoint == "auto" and small and n_val:
+            log.warning("validation has %d videos (< train.min_val_videos %d): best.pt is the last epoch, not the "
+                        "best validated one (train.best_checkpoint=auto; set best to override)", n_val,
+                        t.min_val_videos)
 
     def setup_lr_schedule(self) -> None:
         """Steps per epoch, warm-up + cosine length, and the per-step options (loss, AMP, accumulation)."""
@@ -332,6 +360,8 @@ class FineTuneRecipe:
         `on_epoch_end(row)` runs after each epoch's checkpoint with its history row (validation metrics
         included); True stops the run there, like early stopping (a sweep's time budget uses it).
         """
+        if self.uses_probe_solver:
+            return self.fit_probe(on_epoch_end)
         cfg, state = self.cfg, self.state
         logger = RunLogger(self.out_dir, self.classes, enabled=self.dist.is_main)
         try:
@@ -356,6 +386,41 @@ class FineTuneRecipe:
         except NonFiniteLossError as err:
             log.error("%s", err)
             raise
+        finally:
+            logger.close(state.history)
+        return self.finish()
+
+    def fit_probe(self, on_epoch_end: EpochHook | None = None) -> dict:
+        """The linear probe solved on the cache (engine/probe.py) as one 'epoch': validated and saved."""
+        state = self.state
+        logger = RunLogger(self.out_dir, self.classes, enabled=self.dist.is_main)
+        try:
+            if state.epoch == 0:  # a resumed, finished probe has nothing left to do
+                fit = None
+                if self.dist.is_main:  # one solver; every rank gets its result
+                    train = self.train_loader.dataset
+                    val = self.val_features.arrays([s.label for s in self.splits["val"]]) if self.val_features \
+                        else None
+                    fit = solve_linear_probe(*train.features.arrays(train.labels), len(self.classes), val=val,
+                                             min_val_videos=self.cfg.train.min_val_videos, seed=self.cfg.seed)
+                fit = broadcast_from_main(fit)
+                load_into_head(self.raw_model.head, fit)
+                row = {"epoch": 1, "step": 0, "train_loss": fit.train_loss, "train_acc": fit.train_acc, "lr": 0.0,
+                       "clips_per_s": 0.0, "probe_l2": fit.l2, "probe_selection": fit.selection,
+                       "probe_grid": fit.grid, "probe_iterations": fit.iterations, "probe_seconds": fit.seconds}
+                if self.val_loader is not None:
+                    metrics = self.validate(0)
+                    row.update({f"val_{k}": metrics[k] for k in ("loss", "top1", "mean_class_accuracy",
+                                                                 "video_top1", "video_mean_class_accuracy")})
+                    logger.confusion(metrics, 0)
+                metric = self.cfg.train.best_metric
+                state.best = {"metric": metric, "value": row.get(f"val_{metric}", math.nan), "epoch": 1}
+                state.history.append(row)
+                logger.epoch(row)
+                state.epoch = self.cfg.train.epochs  # done: a resume does not solve again
+                self.save("last.pt")
+                self.save("best.pt")
+                self.hook_says_stop(on_epoch_end, row)
         finally:
             logger.close(state.history)
         return self.finish()
@@ -435,6 +500,9 @@ class FineTuneRecipe:
     def record_best(self, value: float, epoch: int) -> bool:
         """Track the best validation value and early-stopping patience; True when `value` is a new best."""
         state = self.state
+        if self.keep_last:  # validation too small to choose: best.pt is the latest epoch (see choose_best_rule)
+            state.best = {"metric": self.cfg.train.best_metric, "value": value, "epoch": epoch + 1, "rule": "last"}
+            return True
         if value > state.best["value"]:
             state.best = {"metric": self.cfg.train.best_metric, "value": value, "epoch": epoch + 1}
             state.patience_left = self.cfg.train.early_stop_patience

@@ -134,7 +134,21 @@ def test_linear_probe_with_feature_cache(tmp_path, tiny_motion_dataset):
     """2 ranks cache their shards of the backbone features, then train the head on the whole cache."""
     out = tmp_path / "run"
     proc = guarded_torchrun(2, [*TRAIN, f"data.root={tiny_motion_dataset}", f"out_dir={out}", *TINY_TRAIN_OVERRIDES,
-                                "train.epochs=1", "train.linear_probe=true"], tmp_path / "guard")
+                                "train.epochs=1", "train.linear_probe=true", "train.probe_solver=sgd"],
+                            tmp_path / "guard")
     checked = assert_guard_passed(proc, tmp_path / "guard")
     assert "cached features of 12 training videos" in proc.stdout
     assert (out / "last.pt").is_file() and checked.get("all_reduce", 0) >= 2
+
+
+def test_linear_probe_solver_with_feature_caches(tmp_path, tiny_motion_dataset):
+    """2 ranks cache their shards of the training and validation features; rank 0 solves, every rank validates."""
+    from videoft.engine.probe import L2_GRID
+    out = tmp_path / "run"
+    proc = guarded_torchrun(2, [*TRAIN, f"data.root={tiny_motion_dataset}", f"out_dir={out}", *TINY_TRAIN_OVERRIDES,
+                                "train.linear_probe=true", "train.min_val_videos=8"], tmp_path / "guard")
+    assert_guard_passed(proc, tmp_path / "guard")
+    assert proc.stdout.count("linear probe: L2") == 1  # one solver, on rank 0
+    assert "chosen by validation (8 videos)" in proc.stdout  # both ranks' halves of the validation cache
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["probe_l2"] in L2_GRID and "val_video_top1" in row

@@ -229,7 +229,7 @@ def test_gradual_unfreezing_follows_schedule(tmp_path, tiny_motion_dataset):
 @pytest.mark.slow
 def test_linear_probe_cache_matches_uncached(tmp_path, tiny_motion_dataset):
     """Training the head on cached (memory-mapped) backbone features equals recomputing them every epoch."""
-    probe = ["train.epochs=2", "train.linear_probe=true", "model.dropout=0.3"]
+    probe = ["train.epochs=2", "train.linear_probe=true", "train.probe_solver=sgd", "model.dropout=0.3"]
     cached, live = tmp_path / "cached", tmp_path / "live"
     # a 0 MB RAM limit: the cache is memory-mapped from out_dir/feature_cache (deleted at the end)
     p1 = run_train(cached, tiny_motion_dataset, *probe, "train.cache_features=true", "train.feature_cache_ram_mb=0")
@@ -240,7 +240,7 @@ def test_linear_probe_cache_matches_uncached(tmp_path, tiny_motion_dataset):
     a, b = weights(cached / "last.pt"), weights(live / "last.pt")
     assert_same_weights(a, b, atol=1e-6)
     init = tmp_path / "init"  # the backbone never moves: same as after a run with LR ~0
-    assert run_train(init, tiny_motion_dataset, "train.epochs=1", "train.linear_probe=true",
+    assert run_train(init, tiny_motion_dataset, "train.epochs=1", "train.linear_probe=true", "train.probe_solver=sgd",
                      "optim.lr=1e-12", "train.max_steps_per_epoch=1").returncode == 0
     c = weights(init / "last.pt")
     assert all(torch.equal(a[k], c[k]) for k in a if k.startswith("backbone."))

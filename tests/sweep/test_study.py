@@ -131,3 +131,22 @@ def test_importance_needs_two_complete_trials_that_differ(tmp_path):
     same = make_view(tmp_path, [0.5, 0.5, 0.5, 0.5])
     assert "importance.png" not in write_outputs(same)
     assert "have the same value" in (tmp_path / "sweep.html").read_text()
+
+
+@pytest.mark.parametrize("name", ["median", "halving", "hyperband"])
+def test_prune_warmup_counts_the_epochs_a_trial_runs_before_it_can_be_pruned(name):
+    """--prune-warmup 1: a hopeless trial survives its first epoch and is pruned at its second."""
+    pruner = st.build_pruner(name, startup_trials=1, warmup_epochs=1, max_epochs=8)
+    study = optuna.create_study(direction="maximize", pruner=pruner, sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(3):  # good trials reporting 1.0 every epoch (asked, so halving records their rungs)
+        good = study.ask()
+        for epoch in range(1, 9):
+            good.report(1.0, epoch)
+            good.should_prune()
+        study.tell(good, 1.0)
+    trial = study.ask()
+    trial.report(0.0, 1)
+    assert not trial.should_prune()
+    if name != "hyperband":  # hyperband puts trials in brackets by hash: this one may have no rivals yet
+        trial.report(0.0, 2)
+        assert trial.should_prune()

@@ -93,6 +93,13 @@ class FeatureStore:
     def __len__(self) -> int:
         return int((self.shard_of >= 0).sum())
 
+    def arrays(self, labels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:  # features [n, V, D], labels [n]
+        """Every cached video's features in dataset order, with its label (for a full-batch solver)."""
+        indices = np.flatnonzero(self.shard_of >= 0)
+        feats = [self.get(int(i)) for i in indices]
+        x = torch.stack(feats) if feats else torch.empty(0)
+        return x, torch.as_tensor(np.asarray(labels)[indices], dtype=torch.long)
+
     def get(self, index: int) -> torch.Tensor | None:  # [V, D]
         s = self.shard_of[index]
         return None if s < 0 else torch.from_numpy(np.array(self.shards[s][self.row_of[index]]))
@@ -117,24 +124,40 @@ class FeatureDataset(Dataset):
                     frame_indices=None, failures=[])
 
 
+def _write_and_open(backbone: torch.nn.Module, shard: DataLoader, dist: DistInfo, cache_dir: Path, *,
+                    amp_dtype: torch.dtype | None, ram_limit_mb: float) -> tuple[FeatureStore, list]:
+    """Each rank writes the features of its shard, then opens every rank's; returns the store and this
+    rank's decode failures."""
+    if dist.is_main:  # a previous run's shards (maybe of another world size) must not be read
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        cache_dir.mkdir(parents=True)
+    barrier()
+    paths = [cache_dir / f"rank{r:05d}" for r in range(dist.world_size)]
+    failures = write_feature_shard(backbone, shard, paths[dist.rank], num_videos=len(shard.sampler),
+                                   device=dist.device, amp_dtype=amp_dtype, show_progress=dist.is_main)
+    barrier()  # every shard is complete
+    return FeatureStore.open(paths, len(shard.dataset), ram_limit_bytes=ram_limit_mb * 2**20), failures
+
+
+def cache_eval_features(backbone: torch.nn.Module, loader: DataLoader, dist: DistInfo, cache_dir: str | Path, *,
+                        amp_dtype: torch.dtype | None = None, ram_limit_mb: float = 1024) -> FeatureStore:
+    """The frozen backbone's features of every view of an evaluation loader (already sharded by rank),
+    e.g. the validation videos, for choosing the linear probe's L2 strength."""
+    store, _ = _write_and_open(backbone, loader, dist, Path(cache_dir), amp_dtype=amp_dtype, ram_limit_mb=ram_limit_mb)
+    return store
+
+
 def cache_features(backbone: torch.nn.Module, loader: DataLoader, dist: DistInfo, cache_dir: str | Path, *,
                    amp_dtype: torch.dtype | None = None, ram_limit_mb: float = 1024) -> tuple[DataLoader, list]:
     """Run the frozen backbone once over the training views of `loader` (sharded over ranks) into
     `cache_dir`, and return a loader of cached features with the same sampler and batch size, plus the
     (path, reason) decode failures of every rank (on rank 0; empty elsewhere)."""
-    ds, cache_dir = loader.dataset, Path(cache_dir)
-    if dist.is_main:  # a previous run's shards (maybe of another world size) must not be read
-        shutil.rmtree(cache_dir, ignore_errors=True)
-        cache_dir.mkdir(parents=True)
-    barrier()
+    ds = loader.dataset
     shard = build_eval_loader(ds, batch_size=loader.batch_size, num_workers=loader.num_workers,
                               rank=dist.rank, world_size=dist.world_size, device=dist.device)
     t0 = time.perf_counter()
-    paths = [cache_dir / f"rank{r:05d}" for r in range(dist.world_size)]
-    failures = write_feature_shard(backbone, shard, paths[dist.rank], num_videos=len(shard.sampler),
-                                   device=dist.device, amp_dtype=amp_dtype, show_progress=dist.is_main)
-    barrier()  # every shard is complete
-    store = FeatureStore.open(paths, len(ds), ram_limit_bytes=ram_limit_mb * 2**20)
+    store, failures = _write_and_open(backbone, shard, dist, Path(cache_dir), amp_dtype=amp_dtype,
+                                      ram_limit_mb=ram_limit_mb)
     log.info("linear probe: cached features of %d training videos (%d views each) in %.1f s: %.1f MB %s", len(store),
              ds.num_clips * getattr(ds.transform, "num_crops", 1), time.perf_counter() - t0, store.nbytes / 2**20,
              f"memory-mapped from {cache_dir}" if store.memory_mapped else "in RAM")

@@ -79,13 +79,16 @@ def build_sampler(name: str, *, seed: int | None, trials: int) -> optuna.sampler
 
 def build_pruner(name: str, *, startup_trials: int, warmup_epochs: int, max_epochs: int
                  ) -> optuna.pruners.BasePruner:
-    """Steps are epochs (1-based); no trial is pruned before `warmup_epochs` epochs."""
+    """Steps are epochs (1-based); a trial runs `warmup_epochs` epochs before it can be pruned."""
+    # Optuna prunes from step == n_warmup_steps (and at the first rung, step == min_resource); with
+    # 1-based epochs the first epoch that may be pruned is warmup_epochs + 1
+    first = warmup_epochs + 1
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs)
+        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=first)
     if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, warmup_epochs), reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=3)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, warmup_epochs), max_resource=max_epochs,
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=max(first, max_epochs),
                                               reduction_factor=3)
     if name == "none":
         return optuna.pruners.NopPruner()
