@@ -48,7 +48,8 @@ def bench_suite(args) -> dict:
     from videoft.bench.sampling import Setup
     from videoft.bench.suite import SuiteOptions, format_table, run_suite
 
-    opts = SuiteOptions.quick() if args.quick else SuiteOptions(repeats=args.repeats)
+    opts = SuiteOptions.quick() if args.quick else SuiteOptions(repeats=args.repeats, num_videos=args.num_videos,
+                                                                hd_videos=args.hd_videos, rss_clips=args.rss_clips)
     if args.formats:
         opts = SuiteOptions(**{**opts.__dict__, "formats": tuple(args.formats.split(","))})
     setup = Setup(batch=2, clip_len=8) if args.quick else Setup()  # quick: enough batches from a few videos
@@ -162,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--quick", action="store_true", help="tiny sizes, one repetition: checks every figure is made")
     d.add_argument("--repeats", type=int, default=3)
     d.add_argument("--formats", help="comma-separated prepare formats (default: all)")
+    d.add_argument("--num-videos", type=int, default=48, help="videos per 320x240 (or --data) dataset")
+    d.add_argument("--hd-videos", type=int, default=16, help="videos per generated 1280x720 dataset")
+    d.add_argument("--rss-clips", type=int, default=2000, help="clips over which worker memory is followed")
     d.add_argument("--out", default="benchmark.json")
     d.add_argument("--work", help="folder for generated and prepared videos (default: the system temp folder)")
     s = sub.add_parser("step")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import constant_frames, frame_value, write_test_video
+from videoft.data.audit import inspect_video
 from videoft.data.dataset import load_splits, read_list_file
 from videoft.data.decode import VideoDecodeError, VideoReader, probe
 from videoft.data.prepare import PrepareParams
@@ -58,6 +59,9 @@ def test_each_format_keeps_frames_numbering_and_layout(source, tmp_path, fmt):
         entry["output"].replace("run/v_run_g02", "jump/v_jump_g01"), entry["output"].replace("g02", "g01")]
     assert rows[1][2] is not None and rows[0][2] is None
     assert read_preparation(dst)["format"] == fmt and read_preparation(source) == {}
+    audit = inspect_video(str(dst / entry["output"]), 32, full=True)  # data.audit reads the copies too
+    assert audit["frames_decodable"] == 26 and audit["container"] == ("frames" if fmt in ("jpeg", "uint8") else
+                                                                      audit["container"])
 
 
 def test_rerun_skips_done_redoes_changed_and_lists_failures(source, tmp_path):
