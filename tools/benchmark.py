@@ -54,7 +54,8 @@ def bench_suite(args) -> dict:
         opts = SuiteOptions(**{**opts.__dict__, "formats": tuple(args.formats.split(","))})
     setup = Setup(batch=2, clip_len=8) if args.quick else Setup()  # quick: enough batches from a few videos
     with tempfile.TemporaryDirectory(dir=args.work) as work:
-        result = run_suite(args.data, Path(work), opts, setup)
+        result = run_suite(args.data, Path(work), opts, setup,
+                           partial=lambda r: Path(args.out).write_text(json.dumps(r, indent=1)))
     print(format_table(result))
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"written: {args.out}")
