@@ -318,19 +318,3 @@ def test_dataloader_workers_same_samples_and_failures_reported(samples, bad_file
     videos_e1, _, _ = _run_loader(ds, num_workers=2)
     assert not torch.equal(videos_e1, videos2)
 
-
-def test_eval_views_decode_a_few_clips_at_a_time_with_the_same_result(lossy_video):
-    from videoft.data.clip_indices import eval_clip_indices, union_indices
-    from videoft.data.dataset import decode_views, views_from_frames
-    from videoft.data.decode import VideoReader
-    from videoft.data.transforms import EvalPreset
-
-    transform = EvalPreset(crop_size=32, short_side=36, mean=(0.45,) * 3, std=(0.225,) * 3)
-    reader = VideoReader(lossy_video, short_side=36)
-    calls = []
-    get_frames = reader.get_frames
-    reader.get_frames = lambda idx: calls.append(len(idx)) or get_frames(idx)
-    views, clips = decode_views(reader, clip_len=4, stride=2, num_clips=5, transform=transform)
-    assert views.shape == (5, 3, 4, 32, 32) and len(calls) > 1 and max(calls) <= 8  # never the whole union
-    whole, positions = union_indices(eval_clip_indices(30, 4, 2, 5))
-    assert torch.equal(views, views_from_frames(get_frames(whole), positions, transform))

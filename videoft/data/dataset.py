@@ -268,26 +268,14 @@ def decode_views(reader: VideoReader, *, clip_len: int, stride: int, num_clips: 
                  transform: Callable[[torch.Tensor], torch.Tensor],
                  span: FrameRange | None = None) -> tuple[torch.Tensor, list[list[int]]]:
     """The evaluation views of a video: `num_clips` clips spread over its whole length (or over
-    `span`, [first, stop) frames), each transformed (1 or 3 crops). Returns the views
-    [clips * crops, C, T, H, W] and each clip's frame indices (clamped to the frames that decode).
-
-    Clips are decoded in order, a few at a time (the union of their frames in one pass, at most
-    2 x clip_len frames held), and transformed as they come: a worker holds the frames of one or
-    two clips, never every frame of the span, so evaluation needs no more memory than training.
-    """
+    `span`, [first, stop) frames), decoded in one pass over their union, each transformed (1 or 3
+    crops). Returns the views [clips * crops, C, T, H, W] and each clip's frame indices (clamped
+    to the frames that decode)."""
     clips = eval_clip_indices(reader.info.num_frames, clip_len, stride, num_clips, span=span)
-    views, group = [], []
-    for clip in [*clips, None]:
-        if group and (clip is None or len(set(clip).union(*group)) > 2 * clip_len):
-            frames_needed, positions = union_indices(group)
-            frames = reader.get_frames(frames_needed)  # [N, H, W, C]: only this group's frames
-            views.append(views_from_frames(frames, positions, transform))
-            del frames
-            group = []
-        if clip is not None:
-            group.append(clip)
+    frames_needed, positions = union_indices(clips)
+    frames = reader.get_frames(frames_needed)  # one pass over the union of the clips
     clips = [[min(i, reader.info.num_frames - 1) for i in c] for c in clips]  # after any clamping
-    return torch.cat(views), clips
+    return views_from_frames(frames, positions, transform), clips
 
 
 class VideoClipDataset(Dataset):
