@@ -33,5 +33,5 @@ def test_quick_suite_produces_every_figure(tmp_path):
     for f in result["figures"]:
         assert math.isfinite(f["ratio"]) and f["ratio"] > 0, f
         assert f["figure"] in proc.stdout  # the table shows it
-    assert all(f["disk_ratio"] > 0 for f in result["figures"] if "prepared" in f["figure"])
+    assert all(f["disk_ratio"] > 0 for f in result["figures"] if "vs raw" in f["figure"])
     assert proc.stdout.splitlines()[0].split()[0] == "ratio"  # ratios first
