@@ -57,3 +57,14 @@ def test_a_bare_state_dict_is_not_a_checkpoint(tmp_path):
     torch.save({"conv.weight": torch.zeros(2)}, path)
     with pytest.raises(ValueError, match="not a videoft checkpoint"):
         read_run_checkpoint(path)
+
+
+def test_preparation_is_remembered_and_old_checkpoints_still_load(tmp_path):
+    ckpt = make(False)
+    ckpt.preparation = {"format": "h264", "short_side": 128, "gop": 16, "quality": 90, "source": "/data/raw"}
+    ckpt.save(tmp_path / "p.pt")
+    assert read_run_checkpoint(tmp_path / "p.pt").preparation == ckpt.preparation
+    old = torch.load(tmp_path / "p.pt", weights_only=True)
+    del old["preparation"]  # written before the field existed
+    torch.save(old, tmp_path / "old.pt")
+    assert read_run_checkpoint(tmp_path / "old.pt").preparation == {}

@@ -1,14 +1,21 @@
 #!/usr/bin/env python
-"""Speed benchmarks, each against a baseline measured in the same run (ratios, not absolute claims).
+"""Speed and memory benchmarks, each figure a ratio against a baseline measured in the same run.
 
-    python tools/benchmark.py decode --videos ../shared/data/ucf101-mini      # clip decoding
+    python tools/benchmark.py                                   # the suite on generated videos (minutes)
+    python tools/benchmark.py --data ../shared/data/ucf101-mini # the suite on real files (+ generated HD)
+    python tools/benchmark.py --quick                           # every figure, tiny sizes (CI, < 1 min)
     python tools/benchmark.py step --backbone x3d_xs --clip-len 8 --crop 64   # frozen vs full train step
-    python tools/benchmark.py ddp --data data/demo                            # 1 vs 2 processes, clips/s
+    python tools/benchmark.py ddp --data data/demo              # 1 vs 2 processes, clips/s
     python tools/benchmark.py watchdog --videos ../shared/data/ucf101-mini    # decode time limit's cost
 
-decode: one random 16-frame clip per video, resized on decode to a 128 px short side, with
-videoft's reader (decord `get_batch` of exactly those frames) against the baseline most video
-loaders use: decode every frame of the clip's time window with PyAV, resize after, keep 16.
+The suite (videoft.bench.suite) prints a table, ratios first, and writes benchmark.json (--out):
+training and 10-clip evaluation sampling against pytorchvideo's LabeledVideoDataset (decord, same
+span, resize, crop) and against the decode lower bound (PyAV from the preceding keyframe exactly
+to the last needed frame); raw files against each tools/prepare.py format, with disk size; worker
+RSS over >= 2,000 clips against pytorchvideo's, evaluation against training; tools/train.py's
+epoch loop end to end against the same step on in-memory batches; frozen against full step.
+Videos: generated 320x240 and 1280x720 H.264, one keyframe every 250 frames (long GOP) and every
+16 (short), or with --data a class folder of real files in place of the 320x240 ones.
 step: a training step with everything trainable against one with the first stages frozen.
 ddp: tools/train.py for a fixed number of steps with 1 process, then torchrun with 2 (gloo, CPU).
 watchdog: the training loader (random 16x2 clips, short side 128, crop 112, batch 8) decoding in
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import statistics
@@ -36,55 +44,22 @@ from videoft.errors import report_user_errors
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bench_decode(args) -> dict:
-    import av
-    import torch.nn.functional as F
+def bench_suite(args) -> dict:
+    from videoft.bench.sampling import Setup
+    from videoft.bench.suite import SuiteOptions, format_table, run_suite
 
-    from videoft.data.clip_indices import train_clip_indices
-    from videoft.data.decode import VideoReader, resized_shape
-
-    videos = sorted(p for p in Path(args.videos).rglob("*") if p.suffix.lower() in (".mp4", ".avi", ".mkv"))
-    rng = random.Random(0)
-    videos = rng.sample(videos, min(args.num_videos, len(videos)))
-    plans = []
-    for v in videos:
-        n = VideoReader(v, backend="pyav").info.num_frames
-        plans.append((v, train_clip_indices(n, 16, args.stride, rng)))
-
-    def ours():
-        for v, idx in plans:
-            VideoReader(v, short_side=128, backend="auto").get_frames(idx)
-
-    def baseline():
-        for v, idx in plans:
-            wanted = set(idx)
-            frames = []
-            with av.open(str(v)) as c:
-                for i, frame in enumerate(c.decode(video=0)):
-                    if i in wanted:
-                        frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
-                    if i >= max(idx):
-                        break
-            x = torch.stack(frames).permute(0, 3, 1, 2).float()
-            w, h = resized_shape(x.shape[-1], x.shape[-2], 128)
-            F.interpolate(x, size=(h, w), mode="bilinear", antialias=True)
-
-    results = {}
-    for name, fn in (("pyav_window_then_resize", baseline), ("videoft_decord_exact_frames", ours)):
-        fn()  # warm-up (file cache, lazy imports)
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        results[name] = len(plans) / statistics.median(times)
-    results["speedup"] = results["videoft_decord_exact_frames"] / results["pyav_window_then_resize"]
-    print(f"decode, {len(plans)} random 16-frame clips (stride {args.stride}), short side 128, "
-          f"median of {args.repeats}:")
-    print(f"  baseline  PyAV window + resize      {results['pyav_window_then_resize']:7.1f} clips/s")
-    print(f"  videoft   decord exact frames       {results['videoft_decord_exact_frames']:7.1f} clips/s")
-    print(f"  ratio                               {results['speedup']:7.2f}x")
-    return results
+    opts = SuiteOptions.quick() if args.quick else SuiteOptions(repeats=args.repeats, num_videos=args.num_videos,
+                                                                hd_videos=args.hd_videos, rss_clips=args.rss_clips)
+    if args.formats:
+        opts = SuiteOptions(**{**opts.__dict__, "formats": tuple(args.formats.split(","))})
+    setup = Setup(batch=2, clip_len=8) if args.quick else Setup()  # quick: enough batches from a few videos
+    with tempfile.TemporaryDirectory(dir=args.work) as work:
+        result = run_suite(args.data, Path(work), opts, setup,
+                           partial=lambda r: Path(args.out).write_text(json.dumps(r, indent=1)))
+    print(format_table(result))
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"written: {args.out}")
+    return result
 
 
 def bench_step(args) -> dict:
@@ -184,11 +159,16 @@ def bench_watchdog(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
-    d = sub.add_parser("decode")
-    d.add_argument("--videos", default=str(REPO / "data" / "demo"))
-    d.add_argument("--num-videos", type=int, default=60)
-    d.add_argument("--stride", type=int, default=2)
+    d = sub.add_parser("suite", help="the default: every figure (see above)")
+    d.add_argument("--data", help="a class folder of real videos (in place of the generated 320x240 ones)")
+    d.add_argument("--quick", action="store_true", help="tiny sizes, one repetition: checks every figure is made")
     d.add_argument("--repeats", type=int, default=3)
+    d.add_argument("--formats", help="comma-separated prepare formats (default: all)")
+    d.add_argument("--num-videos", type=int, default=48, help="videos per 320x240 (or --data) dataset")
+    d.add_argument("--hd-videos", type=int, default=16, help="videos per generated 1280x720 dataset")
+    d.add_argument("--rss-clips", type=int, default=2000, help="clips over which worker memory is followed")
+    d.add_argument("--out", default="benchmark.json")
+    d.add_argument("--work", help="folder for generated and prepared videos (default: the system temp folder)")
     s = sub.add_parser("step")
     s.add_argument("--backbone", default="x3d_xs")
     s.add_argument("--clip-len", type=int, default=8)
@@ -207,9 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--num-videos", type=int, default=96)
     w.add_argument("--workers", type=int, default=2)
     w.add_argument("--repeats", type=int, default=5)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["suite", *argv]
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     np.random.seed(0)
-    {"decode": bench_decode, "step": bench_step, "ddp": bench_ddp, "watchdog": bench_watchdog}[args.what](args)
+    {"suite": bench_suite, "step": bench_step, "ddp": bench_ddp, "watchdog": bench_watchdog}[args.what](args)
     return 0
 
 

@@ -55,6 +55,9 @@ class RunCheckpoint:
     preprocessing: Preprocessing
     config: Config
     training: TrainingState | None = None
+    # how the training data was prepared (tools/prepare.py: format, short_side, gop, quality, source);
+    # empty for raw files and for checkpoints written before this field existed
+    preparation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -65,7 +68,7 @@ class RunCheckpoint:
         state: dict[str, Any] = {
             "format": FORMAT, "model": self.model, "classes": list(self.classes), "backbone": self.backbone,
             "preprocessing": self.preprocessing.as_dict(), "num_classes": self.num_classes,
-            "config": to_dict(self.config),
+            "config": to_dict(self.config), "preparation": dict(self.preparation),
         }
         if self.training is not None:
             t = self.training
@@ -104,7 +107,8 @@ def read_run_checkpoint(path: str | Path, map_location: str | torch.device = "cp
                                  unfreeze=state.get("unfreeze", {}), best=state["best"],
                                  history=state.get("history", []))
     return RunCheckpoint(model=state["model"], classes=list(state["classes"]), backbone=state["backbone"],
-                         preprocessing=pre, config=config, training=training)
+                         preprocessing=pre, config=config, training=training,
+                         preparation=dict(state.get("preparation") or {}))
 
 
 def resume_problems(ckpt: RunCheckpoint, cfg: Config, classes: list[str], pre: Preprocessing) -> list[str]:

@@ -33,6 +33,7 @@ from videoft.checkpoint import (
 from videoft.config import Config, ConfigError, OptimConfig, dump_config
 from videoft.data.dataset import load_splits, split_summary
 from videoft.data.loaders import build_eval_loader, build_train_loader
+from videoft.data.prepared import read_preparation
 from videoft.data.segments import audit_spans
 from videoft.data.transforms import Preprocessing
 from videoft.data.watchdog import decode_process
@@ -133,6 +134,7 @@ class FineTuneRecipe:
         self.init_checkpoint: RunCheckpoint | None = None
         self.keep_last = False  # best.pt follows the last epoch (validation too small to choose one)
         self.val_features = None  # the validation views' features (the linear probe's solver)
+        self.preparation: dict = {}  # tools/prepare.py's parameters when data.root is a prepared copy
 
     # ---- setup ------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -171,6 +173,15 @@ class FineTuneRecipe:
             decode_process(cfg.data.decode_timeout).start()
         log.info("data %s: %d classes\n%s", cfg.data.root, len(self.classes),
                  split_summary(self.splits, self.classes))
+        self.preparation = read_preparation(cfg.data.root)
+        if self.preparation:
+            log.info("data prepared by tools/prepare.py: %s, short side %s (manifest %s)",
+                     self.preparation.get("format"), self.preparation.get("short_side"),
+                     self.preparation.get("manifest"))
+            if int(self.preparation.get("short_side") or 0) < self.pre.short_side:
+                log.warning("the data was prepared at short side %s, below the training short side %d: frames "
+                            "are upscaled (prepare again with --short-side %d)", self.preparation.get("short_side"),
+                            self.pre.short_side, self.pre.short_side)
         if dist.is_main:
             span_problems = audit_spans([s for part in self.splits.values() for s in part])
             for problem in span_problems[:10]:
@@ -539,7 +550,7 @@ class FineTuneRecipe:
                                  best=s.best, history=s.history)
         return RunCheckpoint(model=self.raw_model.state_dict(), classes=list(self.classes),
                              backbone=self.cfg.model.backbone, preprocessing=self.pre, config=self.cfg,
-                             training=training)
+                             training=training, preparation=self.preparation)
 
     def save(self, name: str) -> None:
         """Rank 0 writes out_dir/name atomically."""

@@ -317,3 +317,4 @@ def test_dataloader_workers_same_samples_and_failures_reported(samples, bad_file
     ds.set_epoch(1)
     videos_e1, _, _ = _run_loader(ds, num_workers=2)
     assert not torch.equal(videos_e1, videos2)
+

@@ -25,6 +25,7 @@ import av
 
 from videoft.data import decode
 from videoft.data.decode import VideoDecodeError, VideoReader, probe
+from videoft.data.prepared import FrameFolder, is_frame_folder
 from videoft.data.watchdog import DecodeProcess
 from videoft.progress import progress
 
@@ -78,17 +79,21 @@ class AuditSettings:
 def inspect_video(path: str, short_side: int | None, full: bool, backend: str = "auto") -> dict:
     """Probe one file as training would read it; raises VideoDecodeError when it cannot be used."""
     info = probe(path)
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        fields = {"container": container.format.name, "codec": stream.codec_context.name,
-                  "frames_claimed": int(stream.frames or info.num_frames)}
-        fields["duration_s"] = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
-                                else (container.duration or 0) / av.time_base or info.duration)
+    if is_frame_folder(path):  # tools/prepare.py's JPEG or uint8 frames: no container to ask
+        fields = {"container": "frames", "codec": FrameFolder(path).format, "frames_claimed": info.num_frames,
+                  "duration_s": info.duration}
+    else:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            fields = {"container": container.format.name, "codec": stream.codec_context.name,
+                      "frames_claimed": int(stream.frames or info.num_frames)}
+            fields["duration_s"] = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
+                                    else (container.duration or 0) / av.time_base or info.duration)
     reader = VideoReader(path, short_side=short_side, backend=backend)  # auto: decord, PyAV where it fails
     last = reader.info.num_frames - 1
     reader.get_frames(sorted({0, last // 2, last}))  # the last frame proves the count (clamped if over-reported)
     decodable = reader.info.num_frames
-    if full:
+    if full and not is_frame_folder(path):
         decodable = _count_frames(path)
     fallback = reader.backend == "pyav" and backend == "auto" and not info.rotation and decode.decord is not None
     return {**fields, "width": info.width, "height": info.height, "fps": round(info.fps, 3),

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from videoft.data.clip_indices import FrameRange, Span, eval_clip_indices, train_clip_indices, union_indices
 from videoft.data.decode import VideoDecodeError, VideoReader
+from videoft.data.prepared import FRAMES_SUFFIX
 from videoft.data.samplers import epoch_key
 from videoft.data.segments import parse_span, recording_split, split_whitespace_line
 from videoft.data.watchdog import decode_process
@@ -85,7 +86,8 @@ class Batch(TypedDict):
 
 
 def is_video(path: str | Path) -> bool:
-    return str(path).lower().endswith(VIDEO_EXTENSIONS)
+    """A video file by its extension, or a prepared frame folder (`<name>.frames`, see data.prepared)."""
+    return str(path).lower().endswith((*VIDEO_EXTENSIONS, FRAMES_SUFFIX))
 
 
 def scan_class_folder(root: str | Path) -> list[tuple[str, str]]:
@@ -93,8 +95,12 @@ def scan_class_folder(root: str | Path) -> list[tuple[str, str]]:
     root = Path(root)
     items = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for dirpath, _, files in sorted(os.walk(class_dir)):
-            items += [(os.path.join(dirpath, f), class_dir.name) for f in sorted(files) if is_video(f)]
+        found = []
+        for dirpath, dirs, files in os.walk(class_dir):
+            frame_folders = [d for d in dirs if d.endswith(FRAMES_SUFFIX)]
+            dirs[:] = [d for d in dirs if not d.endswith(FRAMES_SUFFIX)]  # a frame folder is one video
+            found.append((dirpath, sorted(f for f in [*files, *frame_folders] if is_video(f))))
+        items += [(os.path.join(dirpath, f), class_dir.name) for dirpath, names in sorted(found) for f in names]
     if not items:
         raise DataError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {root}/<class>/",
                         remedy="data.root is a folder of class folders, split folders, or a list file")

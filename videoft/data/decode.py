@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - depends on the platform
 import av
 
 from videoft.choices import DECODERS
+from videoft.data.prepared import FrameFolder, is_frame_folder
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,9 @@ def resized_shape(width: int, height: int, short_side: int | None) -> tuple[int,
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Read the stream header with PyAV (about 1-2 ms): frame count, fps and size."""
     path = str(path)
+    if is_frame_folder(path):  # a prepared video in frame form (tools/prepare.py)
+        folder = _open_folder(path, None)
+        return VideoInfo(folder.num_frames, folder.fps, folder.width, folder.height)
     _check_file(path)
     try:
         with av.open(path) as container:
@@ -152,6 +156,14 @@ class VideoReader:
         self.frames_decoded = 0  # frames PyAV has decoded so far (what a seek saves is visible here)
         self._numbering: _FrameNumbering | None = None  # PyAV: frame index <-> timestamp, once known
         self._seekable = True  # PyAV: False once this file's timestamps proved irregular
+        self._folder: FrameFolder | None = None
+        self._vr = None
+        if is_frame_folder(self.path):  # prepared frames (JPEG or uint8): read directly, no decoder
+            self._folder = _open_folder(self.path, short_side)
+            self.rotation, self.backend = 0, "frames"
+            self.out_width, self.out_height = self._folder.out_width, self._folder.out_height
+            self.info = VideoInfo(self._folder.num_frames, self._folder.fps, self._folder.width, self._folder.height)
+            return
         header = probe(self.path)
         self.rotation = header.rotation
         # decoded as stored, then turned: the stored (coded) size is the displayed one, unrotated
@@ -190,6 +202,11 @@ class VideoReader:
         if min(indices) < 0:
             raise ValueError(f"negative frame index in {indices}")
         indices = [min(i, self.info.num_frames - 1) for i in indices]
+        if self._folder is not None:
+            try:
+                return self._folder.get_frames(indices)
+            except ValueError as err:
+                raise VideoDecodeError(self.path, str(err)) from None
         if self._vr is not None:
             try:
                 return self._decord_batch(indices)
@@ -357,6 +374,13 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int], *, short_side: 
                 backend: str = "auto") -> torch.Tensor:  # [T, H, W, C] uint8
     """Open `path` and decode exactly the frames at `indices` (see :class:`VideoReader`)."""
     return VideoReader(path, short_side=short_side, backend=backend).get_frames(indices)
+
+
+def _open_folder(path: str, short_side: int | None) -> FrameFolder:
+    try:
+        return FrameFolder(path, short_side)
+    except ValueError as err:
+        raise VideoDecodeError(path, f"prepared frame folder: {err}") from None
 
 
 def _check_file(path: str) -> None:
