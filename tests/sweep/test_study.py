@@ -13,7 +13,7 @@ from optuna.trial import TrialState, create_trial
 from videoft.config import load_config
 from videoft.sweep import study as st
 from videoft.sweep.outputs import SweepView, format_summary, write_outputs
-from videoft.sweep.runner import SweepSettings
+from videoft.sweep.runner import Objective, SweepSettings
 from videoft.sweep.space import load_space
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,3 +150,23 @@ def test_prune_warmup_counts_the_epochs_a_trial_runs_before_it_can_be_pruned(nam
     if name != "hyperband":  # hyperband puts trials in brackets by hash: this one may have no rivals yet
         trial.report(0.0, 2)
         assert trial.should_prune()
+
+
+def test_a_retry_carries_epochs_the_killed_sweep_never_reported(tmp_path):
+    # the sweep was killed after the run validated epoch 2 but before it read that line of metrics.jsonl
+    study = optuna.create_study(direction="maximize")
+    killed = study.ask()
+    killed.report(0.25, 1)
+    study.tell(killed, state=TrialState.FAIL)
+    settings = SweepSettings(config=str(DEMO), overrides=[], sweep_dir=tmp_path, metric="top1")
+    run = settings.trial_dir(killed.number)
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"checkpoint")  # only its presence matters here
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "val_top1": 0.25}\n{"epoch": 2, "val_top1": 0.5}\n'
+                                       '{"epoch": 3, "val_top1": NaN}\n{"epoch": 4, "val_')  # cut mid-line
+    st.enqueue_retry(study, study.trials[0], "was interrupted")
+    retry = study.ask()
+    resume, carried = Objective(settings, None).resume_retry(retry)
+    assert resume == [f"resume={run / 'last.pt'}"]
+    assert carried == {1: 0.25, 2: 0.5}
+    assert study.trials[1].intermediate_values == {1: 0.25, 2: 0.5}

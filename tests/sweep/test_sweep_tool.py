@@ -121,7 +121,9 @@ def test_killed_sweep_restarts_with_only_the_remaining_trials(tmp_path, tiny_mot
     space = tmp_path / "space.yaml"
     space.write_text(LR_SPACE.replace("1.0e12", "0.1"))
     out = tmp_path / "sweep"
-    cmd = sweep_cmd(tiny_motion_dataset, out, space, "--trials", "3", "--trial-epochs", "2", "--seed", "0")
+    # 3 epochs a trial: the kill lands after trial 1's first checkpoint and, whatever the machine's speed,
+    # before its last epoch, so the retry has epochs left to train
+    cmd = sweep_cmd(tiny_motion_dataset, out, space, "--trials", "3", "--trial-epochs", "3", "--seed", "0")
     log = tmp_path / "first.log"
     with open(log, "w") as log_file:
         first = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=ENV)
@@ -153,7 +155,7 @@ def test_killed_sweep_restarts_with_only_the_remaining_trials(tmp_path, tiny_mot
     retry = trials[2]
     assert retry.user_attrs["retry_of"] == 1 and retry.params == killed[1].params
     assert metric_epochs(out / "trial_0002")[0] >= 2  # resumed from trial 1's checkpoint, not from scratch
-    assert retry.intermediate_values.keys() == {1, 2}  # epoch 1 carried over from trial 1
+    assert retry.intermediate_values.keys() == {1, 2, 3}  # the epochs before the checkpoint carried over
     assert (out / "trial_0000" / "metrics.jsonl").read_bytes() == trial0  # finished work is not redone
     assert sorted(p.name for p in out.glob("trial_*")) == [f"trial_{i:04d}" for i in range(4)]
     assert "retried as trial 2" in again.stdout

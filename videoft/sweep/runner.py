@@ -116,7 +116,13 @@ class Objective:
         if last is None or not last.is_file():
             return [], {}
         old = trial.study.get_trials(deepcopy=False)[number]
-        carried = {int(epoch): value for epoch, value in sorted(old.intermediate_values.items())}
+        carried = {int(epoch): value for epoch, value in old.intermediate_values.items()}
+        # the run's own metrics.jsonl also holds epochs validated after the sweep's last look (killed in between)
+        for row in _Rows(self.s.trial_dir(number) / "metrics.jsonl").new():
+            value = row.get(self.s.metric_key)
+            if value is not None and math.isfinite(value):
+                carried.setdefault(int(row["epoch"]), value)
+        carried = dict(sorted(carried.items()))
         for epoch, value in carried.items():
             trial.report(value, epoch)
         log.info("trial %d: retry of trial %d, resuming from %s", trial.number, number, last)
