@@ -13,7 +13,9 @@ model saw for each, capped (--gallery-per-pair, --gallery-max, --gallery-correct
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -37,8 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a videoft checkpoint (best.pt / last.pt)")
     p.add_argument("--data", required=True, help="class folder, split folders, or a list file")
-    p.add_argument("--split", default="test", help="split folder to evaluate (default: test); a folder "
-                   "without split sub-folders, or a list file, is evaluated whole")
+    p.add_argument("--split", default="test", help="split folder to evaluate (default: test); in a folder "
+                   "without split sub-folders, the checkpoint's run's split of it (its splits.json); a list file, "
+                   "or a folder the run never saw, is evaluated whole")
     p.add_argument("--clips", type=int, default=None, help="temporal clips per video (default: the run's eval_clips)")
     p.add_argument("--crops", type=int, choices=EVAL_CROPS, default=1, help="spatial crops per clip")
     p.add_argument("--out", default=None, help="report folder (default: next to the checkpoint, eval-<split>)")
@@ -77,17 +80,45 @@ def select_split(splits: dict, split: str, data: str) -> list:
     raise DataError(f"{data}: no '{split}' split (available: {[k for k, v in splits.items() if v]})")
 
 
-def read_samples(data: str, split: str, classes: list[str]) -> list[VideoSample]:
-    """The videos to evaluate, labelled with the checkpoint's class indices (matched by name)."""
+def read_samples(data: str, split: str, classes: list[str], run_splits: Path | None = None) -> list[VideoSample]:
+    """The videos to evaluate, labelled with the checkpoint's class indices (matched by name).
+
+    A folder without split folders is one pool: the run that trained on it split it itself and wrote
+    the split in `run_splits` (its splits.json), which then decides what `split` means in that pool."""
     split_dir = Path(data) / split
     if split_dir.is_dir():  # read only the split evaluated: other splits may hold other classes
         samples = load_splits(split_dir, val_fraction=0.0, classes=classes)[0]["train"]
     else:
         splits, _ = load_splits(data, val_fraction=0.0, test_fraction=0.0, classes=classes)
         samples = select_split(splits, split, data)
+        if not splits.get(split) and run_splits is not None and run_splits.is_file():
+            samples = held_out(samples, split, data, run_splits)
     if not samples:
         raise DataError(f"{data}: no videos to evaluate")
     return samples
+
+
+def _key(described: str) -> str:
+    """A splits.json entry ('path' or 'path [span]') compared by real path, whatever folder it was written from."""
+    path, sep, span = described.partition(" [")
+    return os.path.realpath(path) + sep + span
+
+
+def held_out(pool: list[VideoSample], split: str, data: str, run_splits: Path) -> list[VideoSample]:
+    """The pool's videos in the run's `split`; refuses to score videos the run trained or validated on."""
+    saved = {name: {_key(d) for d in described} for name, described in json.loads(run_splits.read_text()).items()}
+    mine = [s for s in pool if _key(s.describe()) in saved.get(split, set())]
+    if mine:
+        log.info("%s has no split folders: evaluating the %d videos of the run's %s split (%s)",
+                 data, len(mine), split, run_splits)
+        return mine
+    seen = [s for s in pool if _key(s.describe()) in saved.get("train", set()) | saved.get("val", set())]
+    if seen:
+        raise DataError(f"{data}: no '{split}' split here, and {len(seen)} of its {len(pool)} videos trained or "
+                        f"validated this model (see {run_splits}): their score would overstate accuracy. Evaluate "
+                        f"held-out videos (a test/ folder, or data.test_fraction when training), or --split val "
+                        f"for the run's validation videos")
+    return pool
 
 
 def build_report(args: argparse.Namespace, pred: Predictions, samples: list[VideoSample], classes: list[str],
@@ -139,7 +170,7 @@ def evaluate(args: argparse.Namespace, dist) -> Path | None:
     model, ckpt = load_model(args.checkpoint, dist.device)
     pre, classes = ckpt.preprocessing, ckpt.classes
     num_clips = args.clips or ckpt.config.data.eval_clips
-    samples = read_samples(args.data, args.split, classes)
+    samples = read_samples(args.data, args.split, classes, Path(args.checkpoint).parent / "splits.json")
     loader = build_eval_loader(samples, pre, num_clips=num_clips, num_crops=args.crops, batch_size=args.batch_size,
                                num_workers=args.workers, rank=dist.rank, world_size=dist.world_size,
                                device=dist.device, backend=args.decoder, decode_timeout=args.decode_timeout or None)

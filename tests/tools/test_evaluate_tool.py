@@ -20,6 +20,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -266,3 +267,30 @@ def test_torchrun_report_equals_single_process(controlled_checkpoint, broken_dat
     # other batch shapes may change the float summation order, not the 6-digit confidence
     assert [float(r["confidence"]) for r in multi_pred] == \
         pytest.approx([float(r["confidence"]) for r in single_pred], abs=2e-6)
+
+
+def test_a_pool_folder_is_evaluated_through_the_runs_own_split(tmp_path, make_class_folder):
+    """A folder without split folders was split by the run: --split means the run's split, and scoring
+    videos the model trained on is refused instead of reported as accuracy."""
+    from videoft.errors import DataError
+
+    evaluate = load_tool("evaluate")
+    pool = make_class_folder(tmp_path / "pool", {"a": 4, "b": 4}, num_frames=8)
+    videos = sorted(str(p) for p in pool.rglob("*.mp4"))
+    test, val, train = videos[:2], videos[2:4], videos[4:]
+    run_splits = tmp_path / "run" / "splits.json"
+    run_splits.parent.mkdir()
+    # written from another working directory: entries are compared by real path
+    rel = [str(Path("..") / Path(v).relative_to(tmp_path)) for v in test]
+    run_splits.write_text(json.dumps({"train": train, "val": val, "test": rel}))
+    cwd = os.getcwd()
+    os.chdir(run_splits.parent)
+    try:
+        assert [s.path for s in evaluate.read_samples(str(pool), "test", ["a", "b"], run_splits)] == test
+    finally:
+        os.chdir(cwd)
+    assert [s.path for s in evaluate.read_samples(str(pool), "val", ["a", "b"], run_splits)] == val
+    run_splits.write_text(json.dumps({"train": train, "val": val + test}))  # no test split held out
+    with pytest.raises(DataError, match=r"no 'test' split here, and 8 of its 8 videos trained or validated"):
+        evaluate.read_samples(str(pool), "test", ["a", "b"], run_splits)
+    assert len(evaluate.read_samples(str(pool), "test", ["a", "b"], None)) == 8  # new videos: the whole pool
