@@ -149,3 +149,13 @@ TINY_TRAIN_OVERRIDES = [
     "data.short_side=40", "data.batch_size=4", "data.num_workers=0", "data.eval_clips=2",
     "train.threads=1", "optim.lr=0.05", "optim.warmup_epochs=0",
 ]
+
+
+@pytest.fixture
+def restore_threads():
+    """In-process runs set torch's thread count (train.threads): give the next test the count it had."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)

@@ -18,11 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 ONE_PROCESS = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def make_recipe(tmp_path: Path, data: Path, *extra: str) -> FineTuneRecipe:

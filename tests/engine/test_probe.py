@@ -21,11 +21,7 @@ ONE_PROCESS = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("
 PROBE = ["train.linear_probe=true", "model.dropout=0.3", "data.eval_clips=3"]
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def run_probe(out: Path, data: Path, *extra: str) -> tuple[FineTuneRecipe, torch.Tensor, torch.Tensor]:
