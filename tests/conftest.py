@@ -20,6 +20,9 @@ import pytest
 # processes share the cores (measured: 31 s passive, 150-430 s spinning, for the same transfer-test
 # run): the tests and the tools they start (which inherit the environment) wait passively.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# the CPU step-format choice (engine.autotune) is cached per test session, never in the user's home
+os.environ["VIDEOFT_CACHE"] = os.path.join(
+    os.environ.get("PYTEST_TMPDIR", "/tmp"), f"videoft-test-cache-{os.getpid()}")
 
 
 def frame_value(t: int) -> int:

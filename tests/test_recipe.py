@@ -51,8 +51,10 @@ def test_setup_steps_build_what_the_config_says(tmp_path, tiny_motion_dataset):
     frozen = {n for n, p in recipe.raw_model.named_parameters() if not p.requires_grad}
     assert frozen and all(any(n.startswith(f"backbone.{s}.") for s in stages[:3]) for n in frozen)
     assert recipe.state.frozen_stages == 3
+    recipe.setup_precision()
+    assert recipe.scaler is None  # no fp16 on the CPU: bf16 or fp32 (timed), neither needs a scaler
+    assert recipe.amp_dtype in (None, torch.bfloat16) and isinstance(recipe.channels_last, bool)
     recipe.setup_optimizer()
-    assert recipe.scaler is None and recipe.amp_dtype is None  # fp32 on the CPU
     recipe.setup_loaders()
     assert len(recipe.train_loader) == 3  # 12 training videos, batch 4
     assert recipe.val_loader is not None and len(recipe.val_loader.dataset) == 8

@@ -18,6 +18,7 @@ from videoft.choices import (
     BN_MODES,
     DECODERS,
     EVAL_CROPS,
+    LAYOUTS,
     ON_MISSING_WEIGHTS,
     OPTIMIZERS,
     PROBE_SOLVERS,
@@ -44,6 +45,7 @@ class DataConfig:
     batch_size: int = 8
     num_workers: int = 2
     prefetch_factor: int = 2        # batches each worker loads ahead
+    worker_nice: int | None = None  # workers' nice level (0-19); null: 19 when training on the CPU, 0 on CUDA
     persistent_workers: bool = True  # workers start once per run, not once per epoch (see data/loaders.py)
     eval_clips: int = 3             # temporal clips per video at validation (video-level accuracy)
     eval_crops: int = 1             # 1 (centre) or 3 spatial crops
@@ -102,8 +104,8 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    amp: str = "auto"               # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
-    channels_last: bool = False
+    amp: str = "auto"               # auto (bf16 on CUDA; on CPU the faster of fp32/bf16, timed) | bf16 | fp16 | off
+    channels_last: str = "auto"     # channels_last_3d: auto (off on CUDA; on CPU timed, see engine.autotune) | on | off
     sync_bn: bool = False
     eval_every: int = 1
     best_metric: str = "mean_class_accuracy"  # or top1, video_top1, video_mean_class_accuracy
@@ -144,6 +146,7 @@ CHOICES = {
     "freeze.bn": BN_MODES,
     "optim.name": OPTIMIZERS,
     "train.amp": AMP_MODES,
+    "train.channels_last": LAYOUTS,
     "train.best_metric": BEST_METRICS,
     "train.best_checkpoint": BEST_CHECKPOINTS,
     "train.probe_solver": PROBE_SOLVERS,
@@ -279,6 +282,8 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
             problems.append(f"{prefix}{key}: unknown key (allowed: {', '.join(fields)})")
             continue
         hint = hints[key]
+        if isinstance(value, bool) and "off" in CHOICES.get(f"{prefix}{key}", ()):
+            value = "on" if value else "off"  # YAML 1.1 reads on/off/true/false as booleans
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, f"{prefix}{key}.", problems)
         else:

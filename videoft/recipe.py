@@ -37,6 +37,7 @@ from videoft.data.prepared import read_preparation
 from videoft.data.segments import audit_spans
 from videoft.data.transforms import Preprocessing
 from videoft.data.watchdog import decode_process
+from videoft.engine.autotune import choose_step_format
 from videoft.engine.checkpoint import rng_state, set_rng_state
 from videoft.engine.distributed import (
     DistInfo,
@@ -63,7 +64,7 @@ from videoft.engine.train import (
 )
 from videoft.errors import CheckpointError
 from videoft.models.backbones import BackboneSpec, get_backbone_spec
-from videoft.models.classifier import VideoClassifier, build_classifier
+from videoft.models.classifier import FeatureExtractor, VideoClassifier, build_classifier
 from videoft.models.freezing import UnfreezeSchedule, freeze_stages, param_groups
 from videoft.preflight import audit_splits, check_run
 
@@ -143,6 +144,7 @@ class FineTuneRecipe:
         self.setup_data()
         self.validate_setup()
         self.setup_model()
+        self.setup_precision()
         self.setup_optimizer()
         self.setup_loaders()
         self.setup_lr_schedule()
@@ -225,18 +227,39 @@ class FineTuneRecipe:
         freeze_stages(model, spec, frozen, bn=cfg.freeze.bn)
         self.state.frozen_stages = frozen
         model.to(self.dist.device)
-        if cfg.train.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
         self.raw_model: VideoClassifier = model  # never DDP-wrapped: saved, evaluated and (un)frozen
 
-    def setup_optimizer(self) -> None:
-        """Optimizer over per-stage groups; autocast dtype and (fp16 only) a gradient scaler."""
-        self.optimizer = build_optimizer(self.raw_model, self.spec, self.cfg.optim)
-        self.amp_dtype = amp_dtype_for(self.cfg.train.amp, self.dist.device)
+    def setup_precision(self) -> None:
+        """Autocast dtype and memory layout: as configured; `auto` on CUDA is bf16 (fp16 without bf16) and the
+        plain layout; `auto` on the CPU is the fastest format for this model and CPU, timed (engine.autotune);
+        (fp16 only) a gradient scaler."""
+        cfg, device = self.cfg, self.dist.device
+        amp_dtype = amp_dtype_for(cfg.train.amp, device)
+        channels_last = cfg.train.channels_last == "on"
+        if device.type == "cpu" and "auto" in (cfg.train.amp, cfg.train.channels_last) and not self.caches_features:
+            fmt = choose_step_format(
+                self.raw_model, amp_mode=cfg.train.amp, channels_last_mode=cfg.train.channels_last,
+                backbone=self.spec.name, batch=min(4, cfg.data.batch_size // self.dist.world_size),
+                clip_len=self.pre.clip_len, crop=self.pre.crop_size, num_classes=len(self.classes),
+                frozen_stages=self.state.frozen_stages) if self.dist.is_main else None
+            fmt = broadcast_from_main(fmt)  # every rank trains in rank 0's choice
+            amp_dtype, channels_last = fmt.amp_dtype, fmt.channels_last
+        self.amp_dtype, self.channels_last = amp_dtype, channels_last
+        if channels_last:
+            self.raw_model.to(memory_format=torch.channels_last_3d)
         if self.amp_dtype == torch.float16:
-            self.scaler = torch.amp.GradScaler(self.dist.device.type)
+            self.scaler = torch.amp.GradScaler(device.type)
         log.info("precision: %s%s", f"{self.amp_dtype} autocast" if self.amp_dtype else "fp32",
-                 ", channels_last_3d" if self.cfg.train.channels_last else "")
+                 ", channels_last_3d" if channels_last else "")
+
+    @property
+    def caches_features(self) -> bool:
+        """Linear probe on cached features: the backbone runs once without gradients, then only the head trains."""
+        return self.cfg.train.linear_probe and self.cfg.train.cache_features
+
+    def setup_optimizer(self) -> None:
+        """Optimizer over per-stage groups."""
+        self.optimizer = build_optimizer(self.raw_model, self.spec, self.cfg.optim)
 
     def setup_loaders(self) -> None:
         """Training loader (linear probe: cached backbone features) and the validation loader."""
@@ -245,7 +268,8 @@ class FineTuneRecipe:
         probe_views = (d.eval_clips, d.eval_crops) if cfg.train.linear_probe else None
         workers = {"num_workers": d.num_workers, "persistent_workers": d.persistent_workers,
                    "prefetch_factor": d.prefetch_factor, "rank": dist.rank, "world_size": dist.world_size,
-                   "device": dist.device, "backend": d.decoder, "decode_timeout": d.decode_timeout}
+                   "device": dist.device, "backend": d.decoder, "decode_timeout": d.decode_timeout,
+                   "worker_nice": d.worker_nice}
         self.train_loader = build_train_loader(
             self.splits["train"], self.pre, batch_size=per_rank_batch, seed=cfg.seed, hflip=d.hflip,
             scale_jitter=d.scale_jitter, balanced=d.balanced_sampler, fixed_views=probe_views, **workers)
@@ -256,12 +280,12 @@ class FineTuneRecipe:
                 batch_size=max(1, per_rank_batch // 2), seed=cfg.seed, **workers)
         if cfg.train.linear_probe and cfg.train.cache_features:
             self.train_loader, failures = cache_features(
-                self.raw_model.backbone, self.train_loader, dist, self.out_dir / "feature_cache",
+                FeatureExtractor(self.raw_model), self.train_loader, dist, self.out_dir / "feature_cache",
                 amp_dtype=self.amp_dtype, ram_limit_mb=cfg.train.feature_cache_ram_mb)
             self.state.failures.update(failures)
             if self.uses_probe_solver and self.val_loader is not None:
                 self.val_features = cache_eval_features(
-                    self.raw_model.backbone, self.val_loader, dist, self.out_dir / "feature_cache" / "val",
+                    FeatureExtractor(self.raw_model), self.val_loader, dist, self.out_dir / "feature_cache" / "val",
                     amp_dtype=self.amp_dtype, ram_limit_mb=cfg.train.feature_cache_ram_mb)
         self.choose_best_rule()
 
@@ -302,7 +326,7 @@ class FineTuneRecipe:
         self.step_options = StepOptions(
             accum_steps=o.accum_steps, grad_clip=o.grad_clip, amp_dtype=self.amp_dtype,
             label_smoothing=o.label_smoothing, class_weights=class_weights, mixup_alpha=o.mixup_alpha,
-            cutmix_alpha=o.cutmix_alpha, channels_last=cfg.train.channels_last,
+            cutmix_alpha=o.cutmix_alpha, channels_last=self.channels_last,
             max_steps=cfg.train.max_steps_per_epoch, multi_view=cfg.train.linear_probe)
 
     def lr_at(self, step: int) -> float:
@@ -495,11 +519,11 @@ class FineTuneRecipe:
         if cfg.train.precise_bn_batches and not cfg.train.linear_probe:
             self.train_loader.sampler.set_epoch(epoch)  # the epoch's first batches, also after a mid-epoch resume
             recompute_bn_stats(self.raw_model, self.train_loader, num_batches=cfg.train.precise_bn_batches,
-                               device=dist.device, amp_dtype=self.amp_dtype, channels_last=cfg.train.channels_last)
+                               device=dist.device, amp_dtype=self.amp_dtype, channels_last=self.channels_last)
             sync_bn_stats(self.raw_model)  # every rank saw its own shard: average so the ranks stay identical
         pred = predict(self.raw_model, self.val_loader, device=dist.device, num_clips=cfg.data.eval_clips,
                        num_crops=cfg.data.eval_crops, amp_dtype=self.amp_dtype,
-                       channels_last=cfg.train.channels_last, show_progress=dist.is_main, desc="validate")
+                       channels_last=self.channels_last, show_progress=dist.is_main, desc="validate")
         metrics = None
         if pred is not None:
             for path, reason in pred.failures:

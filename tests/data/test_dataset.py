@@ -24,7 +24,6 @@ from videoft.errors import DataError
 CLASSES = ["archery", "bowling", "cricket", "diving"]
 # clips per class; 2 clips per group: archery 3 groups, bowling 2, cricket 1, diving 4
 COUNTS = {"diving": 8, "archery": 6, "cricket": 2, "bowling": 4}
-MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 CLIP_LEN, STRIDE = 4, 2
 
 
@@ -184,13 +183,13 @@ def bad_file(tmp_path_factory) -> Path:
 
 
 def train_dataset(samples, **kw) -> VideoClipDataset:
-    transform = build_transform(True, crop_size=32, short_side=40, mean=MEAN, std=STD)
+    transform = build_transform(True, crop_size=32, short_side=40)
     return VideoClipDataset(samples, clip_len=CLIP_LEN, stride=STRIDE, train=True, transform=transform,
                             short_side=40, **kw)
 
 
 def eval_dataset(samples, num_clips=2, num_crops=3) -> VideoClipDataset:
-    transform = build_transform(False, crop_size=32, short_side=40, mean=MEAN, std=STD, num_crops=num_crops)
+    transform = build_transform(False, crop_size=32, short_side=40, num_crops=num_crops)
     return VideoClipDataset(samples, clip_len=CLIP_LEN, stride=STRIDE, train=False, transform=transform,
                             short_side=40, num_clips=num_clips)
 
@@ -200,11 +199,9 @@ def test_train_item(samples):
     assert len(ds) == len(samples)
     item = ds[5]
     assert item["video"].shape == (3, CLIP_LEN, 32, 32)  # [C, T, H, W]
-    assert item["video"].dtype == torch.float32
+    assert item["video"].dtype == torch.uint8  # pixels as decoded: the model normalises them on its device
     assert (item["label"], item["index"], item["failures"]) == (samples[5].label, 5, [])
-    # normalised with the given mean/std: the raw [0, 1] values are back inside [0, 1]
-    raw = item["video"] * STD[0] + MEAN[0]
-    assert raw.min() >= -1e-4 and raw.max() <= 1 + 1e-4
+    assert item["video"].float().std() > 5  # real picture content, not a blank clip
 
 
 def test_train_item_deterministic_per_seed_epoch_index(samples):

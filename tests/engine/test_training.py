@@ -176,7 +176,9 @@ def test_two_process_ddp_matches_one_process(tmp_path, tiny_motion_dataset):
     extra = ["train.epochs=2", "freeze.bn=all", "model.dropout=0.0", "train.max_steps_per_epoch=2",
              "freeze.stages=5", "freeze.unfreeze.head_only_epochs=1", "freeze.unfreeze.every=1",
              "train.precise_bn_batches=0",  # precise BN averages per-rank statistics: close, not equal
-             "optim.name=sgd"]  # Adam divides by sqrt(v): fp-rounding noise in tiny gradients is amplified
+             "optim.name=sgd",  # Adam divides by sqrt(v): fp-rounding noise in tiny gradients is amplified
+             # one step format for both (the CPU 'auto' choice is timed, and keyed by the per-rank batch)
+             "train.amp=off", "train.channels_last=off"]
     one = tmp_path / "one"
     p1 = run_train(one, tiny_motion_dataset, *extra)
     assert p1.returncode == 0, p1.stderr[-3000:]
@@ -230,7 +232,8 @@ def test_gradual_unfreezing_follows_schedule(tmp_path, tiny_motion_dataset):
 @pytest.mark.slow
 def test_linear_probe_cache_matches_uncached(tmp_path, tiny_motion_dataset):
     """Training the head on cached (memory-mapped) backbone features equals recomputing them every epoch."""
-    probe = ["train.epochs=2", "train.linear_probe=true", "train.probe_solver=sgd", "model.dropout=0.3"]
+    probe = ["train.epochs=2", "train.linear_probe=true", "train.probe_solver=sgd", "model.dropout=0.3",
+             "train.amp=off", "train.channels_last=off"]  # the cached path has no 'auto' timing to match
     cached, live = tmp_path / "cached", tmp_path / "live"
     # a 0 MB RAM limit: the cache is memory-mapped from out_dir/feature_cache (deleted at the end)
     p1 = run_train(cached, tiny_motion_dataset, *probe, "train.cache_features=true", "train.feature_cache_ram_mb=0")

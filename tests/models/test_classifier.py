@@ -30,6 +30,42 @@ def test_build_classifier_layout():
     assert model.eval()(torch.randn(2, 3, 4, 32, 32)).shape == (2, 7)
 
 
+def test_uint8_clips_are_normalised_with_the_backbones_mean_and_std():
+    mean, std = (0.45, 0.40, 0.35), (0.225, 0.25, 0.30)
+    model = VideoClassifier(Flat(), 6, 2, mean=mean, std=std)
+    values = (30, 128, 250)
+    clip = torch.tensor(values, dtype=torch.uint8).view(1, 3, 1, 1, 1).expand(2, 3, 2, 4, 4)
+    expected = torch.tensor([(v / 255 - m) / s for v, m, s in zip(values, mean, std)]).view(1, 3, 1, 1, 1)
+    out = model.normalize(clip)
+    assert out.dtype == torch.float32 and torch.allclose(out, expected.expand_as(out), atol=1e-5)
+    floats = torch.randn(2, 3, 2, 4, 4)
+    assert model.normalize(floats) is floats  # float clips are taken as normalised already
+    # the forward pass normalises: uint8 clips and their normalised floats give the same logits
+    model.eval()
+    assert torch.allclose(model(clip), model(out), atol=1e-6)
+    # a classifier without mean/std refuses uint8 rather than feeding 0..255 to the backbone
+    with pytest.raises(ValueError, match="mean/std"):
+        VideoClassifier(Flat(), 6, 2)(clip)
+
+
+def test_build_classifier_normalises_with_its_backbones_spec():
+    model = build_classifier("x3d_xs", 3).eval()
+    clip = torch.randint(0, 256, (1, 3, 4, 32, 32), dtype=torch.uint8)
+    mean = torch.tensor([0.45] * 3).view(1, 3, 1, 1, 1)  # pytorchvideo's Kinetics normalisation
+    std = torch.tensor([0.225] * 3).view(1, 3, 1, 1, 1)
+    assert torch.allclose(model(clip), model((clip / 255 - mean) / std), atol=1e-4)
+    assert "input_shift" not in model.state_dict()  # checkpoints keep weights only
+
+
+def test_feature_extractor_gives_the_heads_input():
+    from videoft.models.classifier import FeatureExtractor
+    model = build_classifier("x3d_xs", 3, dropout=0.0).eval()
+    clip = torch.randint(0, 256, (2, 3, 4, 32, 32), dtype=torch.uint8)
+    features = FeatureExtractor(model).eval()(clip)
+    assert features.shape == (2, 2048)
+    assert torch.allclose(model.head(features), model(clip), atol=1e-5)
+
+
 def test_train_returns_self_and_sets_modes():
     model = VideoClassifier(Flat(), 6, 2)
     assert model.train() is model and model.backbone.norm.training

@@ -26,12 +26,14 @@ def test_quick_suite_produces_every_figure(tmp_path):
                        "10-clip eval sampling vs pytorchvideo", *(f"prepared {fmt} vs raw, training sampling"
                                                                   for fmt in ("h264", "mjpeg", "jpeg", "uint8"))):
             assert f"{dataset}: {figure}" in names
-    for needle in ("worker RSS, training vs pytorchvideo", "worker RSS, 10-clip eval vs training",
-                   "worker RSS growth", "end to end (raw) vs compute only", "end to end (prepared h264)",
+    for needle in ("worker USS, training vs pytorchvideo", "worker USS, 10-clip eval vs training",
+                   "worker USS growth", "end to end (raw) vs compute only", "end to end (prepared h264)",
+                   "CPU step format auto",
                    "frozen (all but last stage + head) vs full training step"):
         assert any(needle in n for n in names), needle
     for f in result["figures"]:
         assert math.isfinite(f["ratio"]) and f["ratio"] > 0, f
         assert f["figure"] in proc.stdout  # the table shows it
     assert all(f["disk_ratio"] > 0 for f in result["figures"] if "vs raw" in f["figure"])
+    assert all(f["rss_gb"] > 0 for f in result["figures"] if "worker USS," in f["figure"])
     assert proc.stdout.splitlines()[0].split()[0] == "ratio"  # ratios first

@@ -30,7 +30,7 @@ def end_to_end(data: str | Path, *, steps: int = 20, repeats: int = 3,
             f"data.root={data}", f"out_dir={out}", "model.backbone=s3d", "data.clip_len=8", "data.crop_size=64",
             "data.short_side=72", "data.scale_jitter=[1.0,1.25]", "data.batch_size=8", "data.num_workers=2",
             "optim.name=adamw", "train.threads=2", "data.val_fraction=0.0", "train.precise_bn_batches=0",
-            "train.amp='off'", *overrides])
+            *overrides])
         recipe = FineTuneRecipe(cfg, DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")),
                                 Path(out))
         recipe.setup()
@@ -52,7 +52,9 @@ def end_to_end(data: str | Path, *, steps: int = 20, repeats: int = 3,
         for r in range(repeats):  # alternate, so machine load hits both alike
             pipeline.append(epoch(loader, r + 1))
             compute.append(epoch(in_memory, r + 1))
-    return {"end_to_end": _stats(pipeline), "compute_only": _stats(compute),
+        step_format = f"{'bf16' if recipe.amp_dtype == torch.bfloat16 else 'fp32'}" \
+                      f"{' + channels_last' if recipe.channels_last else ''}"
+    return {"end_to_end": _stats(pipeline), "compute_only": _stats(compute), "step_format": step_format,
             "ratio": statistics.median(pipeline) / statistics.median(compute)}
 
 

@@ -165,37 +165,40 @@ def _batch_clips(batch: Any) -> int:
 
 
 def worker_rss(make_loader: Callable[[], DataLoader], min_clips: int, *, clips_per_item: int = 1) -> dict[str, float]:
-    """Peak RSS (GB) of the loader's worker processes over at least `min_clips` clips, as pass after pass
-    (persistent workers where the loader has them): the peak, and the peaks over the first and the
-    last tenth of the clips (flat: last / first close to 1)."""
-    samples: list[tuple[int, float]] = []
+    """Peak memory (GB) of the loader's worker processes over at least `min_clips` clips, as pass after pass
+    (persistent workers where the loader has them): the peak RSS and the peak USS (private memory: what a
+    worker adds; RSS also counts the pages it shares with the process that forked it), and the peak USS
+    over the first and the last tenth of the clips (flat: last / first close to 1)."""
+    samples: list[tuple[int, float, float]] = []
     clips = 0
     while clips < min_clips:
         loader = make_loader()
         for batch in loader:
             clips += _batch_clips(batch) * clips_per_item
-            samples.append((clips, _children_rss_gb()))
+            samples.append((clips, *_children_memory_gb()))
         del loader
     tenth = max(1, len(samples) // 10)
-    first = max(r for _, r in samples[:tenth])
-    last = max(r for _, r in samples[-tenth:])
-    return {"peak_gb": max(r for _, r in samples), "first_tenth_gb": first, "last_tenth_gb": last,
-            "growth": last / first if first else float("nan"), "clips": clips}
+    first = max(u for _, _, u in samples[:tenth])
+    last = max(u for _, _, u in samples[-tenth:])
+    return {"peak_gb": max(r for _, r, _ in samples), "peak_uss_gb": max(u for _, _, u in samples),
+            "first_tenth_gb": first, "last_tenth_gb": last, "growth": last / first if first else float("nan"),
+            "clips": clips}
 
 
-def _children_rss_gb() -> float:
-    """The largest RSS among this process's child processes (the DataLoader workers), in GB."""
+def _children_memory_gb() -> tuple[float, float]:
+    """The largest RSS and the largest USS among this process's child processes (the DataLoader workers), GB."""
     pid = os.getpid()
     try:
         children = open(f"/proc/{pid}/task/{pid}/children").read().split()
     except OSError:
-        return 0.0
-    best = 0
+        return 0.0, 0.0
+    rss = uss = 0
     for child in children:
         try:
-            for line in open(f"/proc/{child}/status"):
-                if line.startswith("VmRSS:"):
-                    best = max(best, int(line.split()[1]))
+            fields = dict(line.split(":", 1) for line in open(f"/proc/{child}/smaps_rollup") if ":" in line)
         except OSError:
             continue
-    return best / 1e6
+        kb = {k: int(v.split()[0]) for k, v in fields.items() if v.strip().endswith("kB")}
+        rss = max(rss, kb.get("Rss", 0))
+        uss = max(uss, kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0))
+    return rss / 1e6, uss / 1e6

@@ -43,11 +43,13 @@ class SuiteOptions:
     formats: tuple[str, ...] = ("h264", "mjpeg", "jpeg", "uint8")
     step_repeats: int = 5
     gops: tuple[int, ...] = (250, 16)  # generated videos: frames between keyframes (long, short)
+    # (backbone, clip_len, crop) for the CPU step-format figure (train.amp / train.channels_last = auto)
+    step_models: tuple[tuple[str, int, int], ...] = (("s3d", 8, 64), ("x3d_xs", 4, 160), ("r2plus1d_18", 8, 64))
 
     @classmethod
     def quick(cls) -> SuiteOptions:
         return cls(repeats=1, num_videos=6, hd_videos=4, frames=24, rss_clips=12, e2e_steps=2, step_repeats=1,
-                   gops=(16,))
+                   gops=(16,), step_models=(("x3d_xs", 2, 32),))
 
 
 def generate_videos(root: Path, count: int, *, width: int, height: int, gop: int, frames: int) -> Path:
@@ -137,41 +139,86 @@ def _disk(path: Path) -> int:
 
 
 def memory_figures(label: str, samples: list[VideoSample], s: Setup, opts: SuiteOptions) -> list[dict]:
-    """Worker RSS over >= rss_clips clips: training against pytorchvideo's, evaluation against training."""
+    """Worker memory over >= rss_clips clips: training against pytorchvideo's, evaluation against training.
+    Compared on USS (a forked worker's own memory); RSS, which also counts the pages shared with the
+    process that forked it (and so grows with that process), is kept beside it."""
     ours = sampling.worker_rss(lambda: sampling.videoft_train(samples, s), opts.rss_clips)
     ptv = sampling.worker_rss(lambda: sampling.pytorchvideo_loader(samples, s, train=True), opts.rss_clips)
     ours_eval = sampling.worker_rss(lambda: sampling.videoft_eval(samples, s), opts.rss_clips,
                                     clips_per_item=s.eval_clips)
 
     def peak(m: dict) -> dict:
-        return {"median": m["peak_gb"], "min": m["first_tenth_gb"], "max": m["last_tenth_gb"]}
+        return {"median": m["peak_uss_gb"], "min": m["first_tenth_gb"], "max": m["last_tenth_gb"]}
     return [
-        _figure(f"{label}: worker RSS, training vs pytorchvideo", peak(ours), peak(ptv), unit="GB (peak)",
+        _figure(f"{label}: worker USS, training vs pytorchvideo", peak(ours), peak(ptv), unit="GB (peak USS)",
                 goal="<= 0.5", higher_is_better=False, growth=ours["growth"], baseline_growth=ptv["growth"],
-                clips=ours["clips"]),
-        _figure(f"{label}: worker RSS, 10-clip eval vs training", peak(ours_eval), peak(ours), unit="GB (peak)",
-                goal="<= 1.0", higher_is_better=False, growth=ours_eval["growth"], clips=ours_eval["clips"]),
-        {"figure": f"{label}: worker RSS growth over {ours['clips']} training clips (last / first tenth)",
+                clips=ours["clips"], rss_gb=ours["peak_gb"], baseline_rss_gb=ptv["peak_gb"]),
+        _figure(f"{label}: worker USS, 10-clip eval vs training", peak(ours_eval), peak(ours), unit="GB (peak USS)",
+                goal="<= 1.0", higher_is_better=False, growth=ours_eval["growth"], clips=ours_eval["clips"],
+                rss_gb=ours_eval["peak_gb"], baseline_rss_gb=ours["peak_gb"]),
+        {"figure": f"{label}: worker USS growth over {ours['clips']} training clips (last / first tenth)",
          "ratio": ours["growth"], "unit": "", "goal": "<= 1.1", "higher_is_better": False,
          "ours": peak(ours), "baseline": peak(ours)},
     ]
 
 
-def compute_figures(data: Path, prepared: Path | None, opts: SuiteOptions, s: Setup) -> list[dict]:
+def compute_figures(data: Path, prepared: dict[str, Path], opts: SuiteOptions, s: Setup) -> list[dict]:
     """End to end (raw and prepared) against compute only; frozen against full training step."""
     from videoft.bench.e2e import end_to_end, step_speed
 
     out = []
-    for label, root in (("raw", data), ("prepared h264", prepared)):
-        if root is None:
-            continue
+    for label, root in (("raw", data), *((f"prepared {fmt}", path) for fmt, path in prepared.items())):
         e2e = end_to_end(root, steps=opts.e2e_steps, repeats=opts.repeats, overrides=(f"data.batch_size={s.batch}",))
         out.append(_figure(f"end to end ({label}) vs compute only, S3D 8x64x64 batch {s.batch}", e2e["end_to_end"],
-                           e2e["compute_only"], unit="clips/s", goal=">= 0.9"))
+                           e2e["compute_only"], unit="clips/s", goal=">= 0.9", step_format=e2e["step_format"]))
+    out += step_format_figures(opts)
     full, frozen = step_speed(repeats=opts.step_repeats, batch=s.batch)
     out.append(_figure("frozen (all but last stage + head) vs full training step, X3D-XS 8x64x64", frozen, full,
                        unit="clips/s"))
     return out
+
+
+def step_format_figures(opts: SuiteOptions, batch: int = 8) -> list[dict]:
+    """train.amp/channels_last = auto on this CPU: the training-step speed of the format the recipe picks (its
+    own measurement, at batch 4, cache off) against the fastest fixed format whose gradient agrees with plain
+    fp32's (timed here at `batch`); every format's speed and gradient error are kept in the figure."""
+    import tempfile
+
+    from videoft.engine.autotune import (
+        GRADIENT_TOLERANCE,
+        StepFormat,
+        candidates,
+        choose_step_format,
+        cpu_has_native_bf16,
+        gradient_error,
+        measure_step,
+    )
+    from videoft.models.classifier import build_classifier
+
+    out = []
+    for backbone, clip_len, crop in opts.step_models:
+        model = build_classifier(backbone, 10, clip_len=clip_len, crop_size=crop, dropout=0.0)
+        options = candidates("auto", "auto", native_bf16=cpu_has_native_bf16())
+        runs = {f: [measure_step(model, f, batch=batch, clip_len=clip_len, crop=crop, num_classes=10)
+                    for _ in range(opts.step_repeats)] for f in options}
+        speeds = {f: [batch / m.seconds for m in ms] for f, ms in runs.items()}
+        errors = {f: gradient_error(runs[f][0].gradient, runs[StepFormat(None, False)][0].gradient) for f in options}
+        with tempfile.TemporaryDirectory() as cache:  # a fresh choice, as on a first run
+            choice = choose_step_format(model, amp_mode="auto", channels_last_mode="auto", backbone=backbone,
+                                        batch=min(4, batch), clip_len=clip_len, crop=crop, num_classes=10,
+                                        frozen_stages=0, cache_file=Path(cache) / "autotune.json")
+        safe = [f for f in options if errors[f] <= GRADIENT_TOLERANCE.get(f.amp_dtype, 0.0)]
+        best = max(safe, key=lambda f: statistics.median(speeds[f]))
+        out.append(_figure(f"CPU step format auto ({choice.name}) vs best correct fixed ({best.name}), {backbone} "
+                           f"{clip_len}x{crop}x{crop}", _stats(speeds[choice]), _stats(speeds[best]),
+                           unit="clips/s", goal=">= 1.0",
+                           fixed={f.name: {"clips_s": statistics.median(speeds[f]), "gradient_error": errors[f]}
+                                  for f in options}))
+    return out
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def run_suite(data: str | None, work: Path, opts: SuiteOptions, s: Setup = Setup(),
@@ -212,7 +259,7 @@ def run_suite(data: str | None, work: Path, opts: SuiteOptions, s: Setup = Setup
     first_label, first_root, first_count, _ = datasets[0]
     figures += memory_figures(first_label, _samples(first_root, first_count), s, opts)
     result()
-    prepared = work / f"{first_root.name}-h264" if "h264" in opts.formats else None
+    prepared = {fmt: work / f"{first_root.name}-{fmt}" for fmt in ("h264", "jpeg") if fmt in opts.formats}
     figures += compute_figures(first_root, prepared, opts, s)
     return result()
 

@@ -365,8 +365,8 @@ def collate(batch: list[Item]) -> Batch:
     Invalid eval items (undecodable videos) get a zero tensor shaped like the valid
     ones so a batch always stacks; `valid` says which rows count.
     """
-    shape = next((b["video"].shape for b in batch if b["video"] is not None), None)
-    videos = [b["video"] if b["video"] is not None else torch.zeros(shape) for b in batch] if shape else []
+    like = next((b["video"] for b in batch if b["video"] is not None), None)
+    videos = [] if like is None else [b["video"] if b["video"] is not None else torch.zeros_like(like) for b in batch]
     return Batch(
         video=torch.stack(videos) if videos else torch.empty(0),
         label=torch.tensor([b["label"] for b in batch]),

@@ -149,7 +149,7 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar):
         failures += batch["failures"]
-        video, labels = _batch_inputs(batch, device, opts)
+        video, labels = _batch_inputs(model, batch, device, opts)
         if labels.numel() == 0:
             continue
         if micro == 0:
@@ -181,16 +181,21 @@ def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optim
                        failures=[f for part in parts or [] for f in part])
 
 
-def _batch_inputs(batch: dict, device: torch.device, opts: StepOptions) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's decodable clips and labels on `device` (views flattened for multi-view batches)."""
+def _batch_inputs(model: torch.nn.Module, batch: dict, device: torch.device, opts: StepOptions
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's decodable clips, normalised by the model, and labels on `device` (views flattened for
+    multi-view batches)."""
     video, labels, valid = batch["video"], batch["label"], batch["valid"]
     if not valid.all():  # undecodable eval-style items (already reported in `failures`)
         video, labels = video[valid], labels[valid]
     if opts.multi_view:  # [B, V, ...] -> [B * V, ...], one label per view
         labels = labels.repeat_interleave(video.shape[1])
         video = video.flatten(0, 1)
-    video = video.to(device, non_blocking=True)  # [B, C, T, H, W] (or cached features [B, D])
+    video = video.to(device, non_blocking=True)  # [B, C, T, H, W] uint8 (or cached features [B, D])
     labels = labels.to(device, non_blocking=True)
+    normalize = getattr(getattr(model, "module", model), "normalize", None)  # DDP keeps the model in .module
+    if video.dtype == torch.uint8 and normalize is not None:
+        video = normalize(video)  # on the device, before MixUp/CutMix mix the clips
     if opts.channels_last and video.dim() == 5:
         video = video.contiguous(memory_format=torch.channels_last_3d)
     return video, labels

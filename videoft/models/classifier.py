@@ -10,11 +10,16 @@ from videoft.models.backbones import build_backbone, get_backbone_spec
 class VideoClassifier(nn.Module):
     """Backbone features [B, D] -> dropout -> linear logits; frozen BatchNorm stays in eval mode.
 
+    Clips come in as uint8 `[B, C, T, H, W]` straight from the data loader and are normalised here with
+    the backbone's `mean`/`std` (on [0, 1] RGB), on the model's device; float clips are taken as already
+    normalised (exported models, callers that normalise themselves).
+
     Stage names used by freezing and LR groups are "backbone.<stage>" (BackboneSpec.stages) and "head".
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, *,
-                 dropout: float = 0.5, slowfast_alpha: int | None = None) -> None:
+                 dropout: float = 0.5, slowfast_alpha: int | None = None,
+                 mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes}; must be >= 1")
@@ -29,16 +34,36 @@ class VideoClassifier(nn.Module):
         self.slowfast_alpha = slowfast_alpha
         # names (relative to this model) of the BatchNorm modules kept in eval mode (set_frozen_bn)
         self.frozen_bn_modules: frozenset[str] = frozenset()
+        self.has_normalization = mean is not None and std is not None
+        # uint8 -> normalised float in one multiply-add: (x / 255 - mean) / std == (x - 255 mean) / (255 std).
+        # Not persistent: checkpoints keep only weights, and the values come from the backbone's spec.
+        self.register_buffer("input_shift", torch.tensor(mean or (0.0,) * 3).mul(255).view(1, 3, 1, 1, 1),
+                             persistent=False)
+        self.register_buffer("input_scale", 1 / torch.tensor(std or (1 / 255,) * 3).mul(255).view(1, 3, 1, 1, 1),
+                             persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B, num_classes]
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] uint8 -> float (float: unchanged)
+        """uint8 clips as the loader gives them -> normalised float32; float clips pass unchanged."""
+        if x.dtype != torch.uint8:
+            return x
+        if not self.has_normalization:
+            raise ValueError("this model was built without mean/std: give it normalised float clips")
+        return (x.to(self.input_shift.dtype) - self.input_shift) * self.input_scale
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B, D]
+        """Pooled backbone features of a clip batch (what the linear-probe cache stores)."""
         if x.ndim != 5:
             raise ValueError(f"expected a clip batch [B, C, T, H, W], got shape {tuple(x.shape)}")
+        x = self.normalize(x)
         # SlowFast takes [slow, fast]; building the pathways here keeps the data pipeline one-tensor.
         inputs = [x[:, :, :: self.slowfast_alpha], x] if self.slowfast_alpha else x
         features = self.backbone(inputs)  # [B, D]
         if features.ndim != 2 or features.shape[1] != self.feature_dim:
             raise RuntimeError(f"backbone returned {tuple(features.shape)}, expected [B, {self.feature_dim}]")
-        return self.head(features)
+        return features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B, num_classes]
+        return self.head(self.features(x))
 
     def set_frozen_bn(self, names: set[str] | frozenset[str]) -> None:
         """Keep these BatchNorm modules in eval mode (running statistics fixed), whatever train() says;
@@ -58,6 +83,18 @@ class VideoClassifier(nn.Module):
         return self
 
 
+class FeatureExtractor(nn.Module):
+    """A classifier seen as its features: `forward` is `classifier.features` (normalisation and SlowFast
+    pathways included), `eval()`/`train()` reach the classifier (frozen BatchNorm stays frozen)."""
+
+    def __init__(self, classifier: VideoClassifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B, D]
+        return self.classifier.features(x)
+
+
 def build_classifier(name: str, num_classes: int, *, clip_len: int | None = None,
                      crop_size: int | None = None, pretrained: str | None = None,
                      weights: str | None = None, on_missing_weights: str = "error",
@@ -67,6 +104,7 @@ def build_classifier(name: str, num_classes: int, *, clip_len: int | None = None
     backbone, dim = build_backbone(spec, clip_len=clip_len, crop_size=crop_size, pretrained=pretrained,
                                    weights=weights, on_missing_weights=on_missing_weights,
                                    model_dir=model_dir)
-    model = VideoClassifier(backbone, dim, num_classes, dropout=dropout, slowfast_alpha=spec.slowfast_alpha)
+    model = VideoClassifier(backbone, dim, num_classes, dropout=dropout, slowfast_alpha=spec.slowfast_alpha,
+                            mean=spec.mean, std=spec.std)
     model.backbone_name = name
     return model
