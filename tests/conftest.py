@@ -150,7 +150,7 @@ def tiny_motion_dataset(tmp_path_factory) -> Path:
 TINY_TRAIN_OVERRIDES = [
     "model.backbone=x3d_xs", "data.clip_len=4", "data.frame_stride=2", "data.crop_size=32",
     "data.short_side=40", "data.batch_size=4", "data.num_workers=0", "data.eval_clips=2",
-    "train.threads=1", "optim.lr=0.05", "optim.warmup_epochs=0",
+    "train.threads=1", "optim.lr=0.05", "optim.warmup_epochs=0", "train.amp=off", "train.channels_last=off",
 ]
 
 
