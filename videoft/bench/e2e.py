@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+SHORT_SIDE = 72  # the short side end_to_end trains at (prepare copies for it at this size)
 
 
 def end_to_end(data: str | Path, *, steps: int = 20, repeats: int = 3,
@@ -28,7 +29,7 @@ def end_to_end(data: str | Path, *, steps: int = 20, repeats: int = 3,
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(REPO / "configs" / "demo.yaml", [
             f"data.root={data}", f"out_dir={out}", "model.backbone=s3d", "data.clip_len=8", "data.crop_size=64",
-            "data.short_side=72", "data.scale_jitter=[1.0,1.25]", "data.batch_size=8", "data.num_workers=2",
+            f"data.short_side={SHORT_SIDE}", "data.scale_jitter=[1.0,1.25]", "data.batch_size=8", "data.num_workers=2",
             "optim.name=adamw", "train.threads=2", "data.val_fraction=0.0", "train.precise_bn_batches=0",
             *overrides])
         recipe = FineTuneRecipe(cfg, DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")),

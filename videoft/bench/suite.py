@@ -22,6 +22,7 @@ import av
 import numpy as np
 
 from videoft.bench import sampling
+from videoft.bench.e2e import SHORT_SIDE as E2E_SHORT_SIDE
 from videoft.bench.sampling import Setup
 from videoft.data.dataset import VideoSample, scan_class_folder
 from videoft.data.prepare import PrepareParams
@@ -43,13 +44,14 @@ class SuiteOptions:
     formats: tuple[str, ...] = ("h264", "mjpeg", "jpeg", "uint8")
     step_repeats: int = 5
     gops: tuple[int, ...] = (250, 16)  # generated videos: frames between keyframes (long, short)
+    prepared_pass_clips: int = 384  # raw vs prepared: clips per timed pass (prepared loaders run at 500+ clips/s)
     # (backbone, clip_len, crop) for the CPU step-format figure (train.amp / train.channels_last = auto)
     step_models: tuple[tuple[str, int, int], ...] = (("s3d", 8, 64), ("x3d_xs", 4, 160), ("r2plus1d_18", 8, 64))
 
     @classmethod
     def quick(cls) -> SuiteOptions:
         return cls(repeats=1, num_videos=6, hd_videos=4, frames=24, rss_clips=12, e2e_steps=2, step_repeats=1,
-                   gops=(16,), step_models=(("x3d_xs", 2, 32),))
+                   gops=(16,), prepared_pass_clips=0, step_models=(("x3d_xs", 2, 32),))
 
 
 def generate_videos(root: Path, count: int, *, width: int, height: int, gop: int, frames: int) -> Path:
@@ -89,9 +91,10 @@ def _samples(root: Path, count: int) -> list[VideoSample]:
     return [VideoSample(p, classes.index(c)) for p, c in sorted(rows)]
 
 
-def _enough(samples: list[VideoSample], s: Setup) -> list[VideoSample]:
-    """The samples repeated until a pass holds at least four batches (a pass is timed from its first batch)."""
-    return samples * max(1, -(-4 * s.batch // len(samples)))
+def _enough(samples: list[VideoSample], s: Setup, min_clips: int = 0) -> list[VideoSample]:
+    """The samples repeated until a pass holds at least four batches and `min_clips` clips (a pass is timed
+    from its first batch: a pass of a few batches at hundreds of clips/s measures the loader's ramp-up)."""
+    return samples * max(1, -(-max(4 * s.batch, min_clips) // len(samples)))
 
 
 def sampling_figures(label: str, samples: list[VideoSample], s: Setup, opts: SuiteOptions,
@@ -117,7 +120,7 @@ def prepared_figures(label: str, root: Path, samples: list[VideoSample], s: Setu
                      work: Path, goal: str) -> list[dict]:
     """Raw files against each prepared format: training sampling and disk size."""
     raw_bytes = sum(os.path.getsize(x.path) for x in samples)
-    samples = _enough(samples, s)
+    samples = _enough(samples, s, opts.prepared_pass_clips)
     raw = sampling.clips_per_second(lambda: sampling.videoft_train(samples, s), opts.repeats)
     out = []
     for fmt in opts.formats:
@@ -142,10 +145,9 @@ def memory_figures(label: str, samples: list[VideoSample], s: Setup, opts: Suite
     """Worker memory over >= rss_clips clips: training against pytorchvideo's, evaluation against training.
     Compared on USS (a forked worker's own memory); RSS, which also counts the pages shared with the
     process that forked it (and so grows with that process), is kept beside it."""
-    ours = sampling.worker_rss(lambda: sampling.videoft_train(samples, s), opts.rss_clips)
-    ptv = sampling.worker_rss(lambda: sampling.pytorchvideo_loader(samples, s, train=True), opts.rss_clips)
-    ours_eval = sampling.worker_rss(lambda: sampling.videoft_eval(samples, s), opts.rss_clips,
-                                    clips_per_item=s.eval_clips)
+    ours = _fresh_process_memory("videoft_train", samples, s, opts.rss_clips)
+    ptv = _fresh_process_memory("pytorchvideo_train", samples, s, opts.rss_clips)
+    ours_eval = _fresh_process_memory("videoft_eval", samples, s, opts.rss_clips)
 
     def peak(m: dict) -> dict:
         return {"median": m["peak_uss_gb"], "min": m["first_tenth_gb"], "max": m["last_tenth_gb"]}
@@ -160,6 +162,37 @@ def memory_figures(label: str, samples: list[VideoSample], s: Setup, opts: Suite
          "ratio": ours["growth"], "unit": "", "goal": "<= 1.1", "higher_is_better": False,
          "ours": peak(ours), "baseline": peak(ours)},
     ]
+
+
+def _fresh_process_memory(contender: str, samples: list[VideoSample], s: Setup, min_clips: int) -> dict:
+    """sampling.worker_rss of one contender's loader, built in a new Python process: a forked worker's
+    private memory grows with what its parent holds (Python's GC writes to every object it inherited), so
+    each contender's workers are forked from a parent that built only that loader."""
+    import json
+    import subprocess
+    import sys
+
+    args = json.dumps({"contender": contender, "samples": [(x.path, x.label) for x in samples],
+                       "setup": s.__dict__, "min_clips": min_clips})
+    code = ("import json, sys; from videoft.bench.suite import _memory_main; "
+            "print(json.dumps(_memory_main(json.loads(sys.stdin.read()))))")
+    proc = subprocess.run([sys.executable, "-c", code], input=args, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory measurement of {contender} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _memory_main(args: dict) -> dict:
+    samples = [VideoSample(path, label) for path, label in args["samples"]]
+    return _memory_of(args["contender"], samples, Setup(**args["setup"]), args["min_clips"])
+
+
+def _memory_of(contender: str, samples: list[VideoSample], s: Setup, min_clips: int) -> dict:
+    if contender == "videoft_eval":
+        return sampling.worker_rss(lambda: sampling.videoft_eval(samples, s), min_clips, clips_per_item=s.eval_clips)
+    make = {"videoft_train": lambda: sampling.videoft_train(samples, s),
+            "pytorchvideo_train": lambda: sampling.pytorchvideo_loader(samples, s, train=True)}[contender]
+    return sampling.worker_rss(make, min_clips)
 
 
 def compute_figures(data: Path, prepared: dict[str, Path], opts: SuiteOptions, s: Setup) -> list[dict]:
@@ -259,7 +292,12 @@ def run_suite(data: str | None, work: Path, opts: SuiteOptions, s: Setup = Setup
     first_label, first_root, first_count, _ = datasets[0]
     figures += memory_figures(first_label, _samples(first_root, first_count), s, opts)
     result()
-    prepared = {fmt: work / f"{first_root.name}-{fmt}" for fmt in ("h264", "jpeg") if fmt in opts.formats}
+    prepared = {}
+    for fmt in ("h264", "jpeg"):  # copies at the short side end_to_end trains at, as a user would make them
+        if fmt in opts.formats:
+            prepared[fmt] = work / f"{first_root.name}-e2e-{fmt}"
+            prepare_dataset(first_root, prepared[fmt], PrepareParams(format=fmt, short_side=E2E_SHORT_SIDE),
+                            workers=s.workers, show_progress=False)
     figures += compute_figures(first_root, prepared, opts, s)
     return result()
 

@@ -110,7 +110,7 @@ def build_train_loader(samples: Sequence[VideoSample], pre: Preprocessing, *, ba
                            world_size=world_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_options(
         num_workers, device, persistent=persistent_workers, prefetch_factor=prefetch_factor, start_method=start_method,
-        nice=worker_nice))
+        nice=worker_nice, release_memory=True))
 
 
 def build_eval_loader(samples: Sequence[VideoSample] | VideoClipDataset, pre: Preprocessing | None = None, *,

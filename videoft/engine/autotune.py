@@ -116,6 +116,9 @@ def fastest(timings: dict[StepFormat, float], *, margin: float = 0.05) -> StepFo
     return min(simpler, key=lambda f: (rank(f)[1], timings[f])) if simpler else best
 
 
+CACHE_VERSION = 2  # raised whenever the choice rule changes: a choice made by an older rule is measured again
+
+
 def cache_path() -> Path:
     return Path(os.environ.get("VIDEOFT_CACHE", Path.home() / ".cache" / "videoft")) / "autotune.json"
 
@@ -127,7 +130,7 @@ def cache_key(backbone: str, *, batch: int, clip_len: int, crop: int, frozen_sta
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{backbone}|{clip_len}x{crop}x{crop}|batch {batch}|frozen {frozen_stages}|threads "
+    return (f"v{CACHE_VERSION}|{backbone}|{clip_len}x{crop}x{crop}|batch {batch}|frozen {frozen_stages}|threads "
             f"{torch.get_num_threads()}|{cpu}|torch {torch.__version__}|{','.join(options)}")
 
 
