@@ -236,7 +236,8 @@ class FineTuneRecipe:
         cfg, device = self.cfg, self.dist.device
         amp_dtype = amp_dtype_for(cfg.train.amp, device)
         channels_last = cfg.train.channels_last == "on"
-        if device.type == "cpu" and "auto" in (cfg.train.amp, cfg.train.channels_last) and not self.caches_features:
+        if device.type == "cpu" and ("auto" in (cfg.train.amp, cfg.train.channels_last) or cfg.train.amp == "bf16") \
+                and not self.caches_features:
             fmt = choose_step_format(
                 self.raw_model, amp_mode=cfg.train.amp, channels_last_mode=cfg.train.channels_last,
                 backbone=self.spec.name, batch=min(4, cfg.data.batch_size // self.dist.world_size),

@@ -54,3 +54,24 @@ def test_loader_options_pin_spawn_and_prefetch_on_cuda_only():
     cpu_opts = loader_options(2, cpu, persistent=True)
     assert not cpu_opts["pin_memory"] and cpu_opts["multiprocessing_context"] is None
     assert "persistent_workers" not in loader_options(0, cpu)  # DataLoader refuses it without workers
+
+
+class _Niceness(torch.utils.data.Dataset):
+    """Each item is the nice level of the process that loads it."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        import os
+        return os.nice(0)
+
+
+@pytest.mark.parametrize("device, nice, expected", [("cpu", None, 19), ("cpu", 5, 5), ("cpu", 0, 0),
+                                                    ("cuda", None, 0)])
+def test_workers_run_at_the_configured_nice_level(device, nice, expected):
+    import os
+    options = loader_options(1, torch.device(device), nice=nice)
+    options.update(collate_fn=None, pin_memory=False, multiprocessing_context="fork")  # no CUDA here: fork
+    levels = [int(v) for batch in torch.utils.data.DataLoader(_Niceness(), batch_size=1, **options) for v in batch]
+    assert levels == [min(19, os.nice(0) + expected)] * 2  # relative to this process's own level (19 at most)
