@@ -53,6 +53,8 @@ def bench_suite(args) -> dict:
     if args.formats:
         opts = SuiteOptions(**{**opts.__dict__, "formats": tuple(args.formats.split(","))})
     setup = Setup(batch=2, clip_len=8) if args.quick else Setup()  # quick: enough batches from a few videos
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         result = run_suite(args.data, Path(work), opts, setup,
                            partial=lambda r: Path(args.out).write_text(json.dumps(r, indent=1)))

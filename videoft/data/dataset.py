@@ -332,9 +332,11 @@ class VideoClipDataset(Dataset):
                 reader = self.open(sample.path)
                 frames = reader.get_frames(train_clip_indices(reader.info.num_frames, self.clip_len, self.stride,
                                                               rng, span=sample.frame_range(reader)))
-                # a generator of its own: the same draws as seeding torch's global RNG, without touching it
-                # (and torch.manual_seed records a stack trace: 0.4 ms, a third of a prepared clip's time)
-                video = self.transform(frames, generator=torch.Generator().manual_seed(rng.getrandbits(63)))
+                with torch.random.fork_rng(devices=[]):
+                    # the generator's own seeding: torch.manual_seed also records a stack trace (0.4 ms, a
+                    # third of a prepared clip's time)
+                    torch.default_generator.manual_seed(rng.getrandbits(63))
+                    video = self.transform(frames)
                 return Item(video=video, label=sample.label, index=current, valid=True, frame_indices=None,
                             failures=failures)
             except VideoDecodeError as err:
