@@ -138,7 +138,8 @@ class Objective:
         hard_limit = None if budget is None else budget + max(60.0, 0.25 * budget)
         with open(out_dir / "console.log", "ab") as console:
             # from the main thread: the trial's parent-death signal fires when the thread that started it ends
-            proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    preexec_fn=_interruptible)
         try:
             return self.watch(trial, proc, _Rows(out_dir / "metrics.jsonl"), hard_limit, found)
         finally:
@@ -199,6 +200,13 @@ def _fail(trial: optuna.Trial, reason: str) -> TrialFailed:
     trial.set_user_attr("error", reason[:2000])
     log.warning("trial %d failed: %s", trial.number, reason)
     return TrialFailed(reason)
+
+
+def _interruptible() -> None:
+    """In the trial process before it starts: SIGINT back to its default. A sweep started in the background
+    (`nohup`, `cmd &` in a script) inherits SIGINT ignored, and Python then never turns it into
+    KeyboardInterrupt: a pruned trial would run on to its last epoch (seen in CI)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _stop(proc: subprocess.Popen, grace_s: float) -> None:
