@@ -279,7 +279,7 @@ class FineTuneRecipe:
             self.val_loader = build_eval_loader(
                 self.splits["val"], self.pre, num_clips=d.eval_clips, num_crops=d.eval_crops,
                 batch_size=max(1, per_rank_batch // 2), seed=cfg.seed, **workers)
-        if cfg.train.linear_probe and cfg.train.cache_features:
+        if self.caches_features:
             self.train_loader, failures = cache_features(
                 FeatureExtractor(self.raw_model), self.train_loader, dist, self.out_dir / "feature_cache",
                 amp_dtype=self.amp_dtype, ram_limit_mb=cfg.train.feature_cache_ram_mb)
@@ -292,8 +292,7 @@ class FineTuneRecipe:
 
     @property
     def uses_probe_solver(self) -> bool:
-        t = self.cfg.train
-        return t.linear_probe and t.cache_features and t.probe_solver == "lbfgs"
+        return self.caches_features and self.cfg.train.probe_solver == "lbfgs"
 
     def choose_best_rule(self) -> None:
         """best.pt: the best validated epoch, or the last one when validation is too small to choose.

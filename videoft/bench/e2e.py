@@ -22,6 +22,7 @@ def end_to_end(data: str | Path, *, steps: int = 20, repeats: int = 3,
                overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """clips/s of tools/train.py's epoch loop on the real loader and on in-memory batches (median, min, max)."""
     from videoft.config import load_config
+    from videoft.engine.autotune import StepFormat
     from videoft.engine.distributed import DistInfo
     from videoft.engine.train import StepOptions, train_one_epoch
     from videoft.recipe import FineTuneRecipe
@@ -53,8 +54,7 @@ def end_to_end(data: str | Path, *, steps: int = 20, repeats: int = 3,
         for r in range(repeats):  # alternate, so machine load hits both alike
             pipeline.append(epoch(loader, r + 1))
             compute.append(epoch(in_memory, r + 1))
-        step_format = f"{'bf16' if recipe.amp_dtype == torch.bfloat16 else 'fp32'}" \
-                      f"{' + channels_last' if recipe.channels_last else ''}"
+        step_format = StepFormat(recipe.amp_dtype, recipe.channels_last).name
     return {"end_to_end": _stats(pipeline), "compute_only": _stats(compute), "step_format": step_format,
             "ratio": statistics.median(pipeline) / statistics.median(compute)}
 

@@ -40,17 +40,15 @@ class TrainPreset:
             raise ValueError(f"scale_range {scale_range} must not go below crop_size {crop_size}")
         self.crop_size, self.scale_range, self.hflip = crop_size, (lo, hi), hflip
 
-    def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None
-                 ) -> torch.Tensor:  # [T, H, W, C] uint8 -> [C, T, h, w] uint8
-        """One random scale, crop and flip for the whole clip, drawn from `generator` (None: torch's global RNG)."""
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:  # [T, H, W, C] uint8 -> [C, T, h, w] uint8
         _, height, width, _ = frames.shape
-        short = int(torch.randint(self.scale_range[0], self.scale_range[1] + 1, (), generator=generator).item())
+        short = int(torch.randint(self.scale_range[0], self.scale_range[1] + 1, ()).item())
         window = min(height, width, max(1, round(self.crop_size * min(height, width) / short)))
-        top = int(torch.randint(0, height - window + 1, (), generator=generator).item())
-        left = int(torch.randint(0, width - window + 1, (), generator=generator).item())
+        top = int(torch.randint(0, height - window + 1, ()).item())
+        left = int(torch.randint(0, width - window + 1, ()).item())
         video = frames[:, top:top + window, left:left + window].permute(0, 3, 1, 2)  # [T, C, window, window]
         video = F.resize(video, [self.crop_size, self.crop_size], antialias=True)
-        if self.hflip and torch.rand((), generator=generator) < 0.5:
+        if self.hflip and torch.rand(()) < 0.5:
             video = video.flip(-1)
         return video.permute(1, 0, 2, 3).contiguous()
 
