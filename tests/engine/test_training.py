@@ -105,36 +105,41 @@ def test_resume_refuses_changed_classes(tmp_path, tiny_motion_dataset):
 @pytest.mark.slow
 def test_kill_and_resume_gives_identical_weights(tmp_path, tiny_motion_dataset):
     """SIGKILL mid-epoch, resume from last.pt: final weights equal an uninterrupted run's."""
-    common = ["train.epochs=2", "train.checkpoint_every_steps=1", "model.dropout=0.3"]
+    # batch 2: 6 steps an epoch, the kill lands at step 7 with 5 still to run
+    common = ["train.epochs=2", "train.checkpoint_every_steps=1", "model.dropout=0.3", "data.batch_size=2"]
     ref = tmp_path / "ref"
     assert run_train(ref, tiny_motion_dataset, *common).returncode == 0
+    total_steps = load_checkpoint(ref / "last.pt")["step"]
     out = tmp_path / "killed"
     cmd = TRAIN + [f"data.root={tiny_motion_dataset}", f"out_dir={out}", *TINY_TRAIN_OVERRIDES, *common]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     deadline = time.time() + 240
     try:
-        # wait until a mid-epoch checkpoint of the second epoch exists, then kill without warning
+        # wait until a mid-epoch checkpoint of the second epoch exists, then kill without warning; the process
+        # is paused (SIGSTOP) while the test reads each new checkpoint, so it cannot run on meanwhile
+        seen = None
         while time.time() < deadline:
-            if (out / "last.pt").exists():
-                try:
-                    state = load_checkpoint(out / "last.pt")
-                except ValueError:
-                    state = None
-                if state and state["epoch"] == 1 and state["epoch_step"] >= 1:
-                    break
             if proc.poll() is not None:
                 pytest.fail("training ended before it could be killed")
-            time.sleep(0.05)
+            stamp = (out / "last.pt").stat().st_mtime_ns if (out / "last.pt").exists() else None
+            if stamp is not None and stamp != seen:
+                seen = stamp
+                os.kill(proc.pid, signal.SIGSTOP)
+                state = load_checkpoint(out / "last.pt")  # atomic writes: always a whole checkpoint
+                if state["epoch"] == 1 and state["epoch_step"] >= 1:
+                    break
+                os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
     killed_at = load_checkpoint(out / "last.pt")
-    assert killed_at["step"] < 6  # really interrupted
+    assert killed_at["step"] < total_steps  # really interrupted
     resumed = run_train(out, tiny_motion_dataset, *common, "resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
     assert_same_weights(weights(ref / "last.pt"), weights(out / "last.pt"))
-    assert load_checkpoint(out / "last.pt")["step"] == load_checkpoint(ref / "last.pt")["step"]
+    assert load_checkpoint(out / "last.pt")["step"] == total_steps == 12
 
 
 @pytest.mark.slow
