@@ -8,16 +8,20 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from tests.conftest import frame_value
+from videoft.data.clip_indices import eval_clip_indices, union_indices
 from videoft.data.dataset import (
     VideoClipDataset,
     VideoSample,
     collate,
+    decode_views,
     group_of,
     group_split,
     load_splits,
     read_list_file,
     split_summary,
 )
+from videoft.data.decode import VideoReader
 from videoft.data.transforms import build_transform
 from videoft.errors import DataError
 
@@ -292,6 +296,35 @@ def test_collate_train_items(samples):
     batch = collate([ds[0], ds[1]])
     assert batch["video"].shape == (2, 3, CLIP_LEN, 32, 32)
     assert batch["valid"].tolist() == [True, True] and batch["failures"] == []
+
+
+class RecordingReader:
+    """A real VideoReader that records the frames each get_frames call asks for."""
+
+    def __init__(self, reader: VideoReader):
+        self.reader, self.calls = reader, []
+
+    def __getattr__(self, name):
+        return getattr(self.reader, name)
+
+    def get_frames(self, indices):
+        self.calls.append(list(indices))
+        return self.reader.get_frames(indices)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_eval_views_decode_the_union_once_and_each_view_holds_its_frames(make_video, backend):
+    """10 overlapping clips of a 30-frame video: one decode call over their union, each frame once, in
+    order; every view holds its own clip's frames."""
+    path = make_video(num_frames=30, width=32, height=32)
+    reader = RecordingReader(VideoReader(path, backend=backend))
+    assert reader.backend == backend
+    views, clips = decode_views(reader, clip_len=4, stride=2, num_clips=10,
+                                transform=lambda x: x.permute(3, 0, 1, 2).unsqueeze(0))  # [1, C, T, H, W]
+    assert clips == eval_clip_indices(30, 4, 2, 10) and views.shape == (10, 3, 4, 32, 32)
+    for view, clip in zip(views, clips):
+        assert view[:, :, 16, 16].float().mean(0).round().tolist() == [frame_value(t) for t in clip]
+    assert reader.calls == [union_indices(clips)[0]]
 
 
 def _run_loader(ds, num_workers):
