@@ -3,7 +3,8 @@
 
     python tools/sweep.py CONFIG [key=value ...] --space SPACE.yaml --trials N [--out DIR]
         [--storage URL] [--study NAME] [--timeout S] [--trial-minutes M] [--trial-epochs E]
-        [--metric M] [--pruner median|halving|hyperband|none] [--sampler tpe|random] [--enqueue base]
+        [--metric M] [--score-last K] [--pruner median|halving|hyperband|none] [--sampler tpe|random]
+        [--enqueue base]
 
 Each trial is an ordinary run of CONFIG + overrides + the sampled values (own out_dir DIR/trial_NNNN,
 checkpoints, metrics.jsonl, config.yaml), in its own process; each validated epoch is reported to
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--trial-epochs", type=int, default=None, help="train.epochs of every trial")
     p.add_argument("--metric", choices=BEST_METRICS, default=None,
                    help="validation metric to maximise (default: the config's train.best_metric)")
+    p.add_argument("--score-last", type=int, default=0, metavar="K",
+                   help="score each trial by the mean of its last K validated epochs instead of its best epoch "
+                        "(on a small validation set the best epoch is often a lucky one)")
     p.add_argument("--pruner", default="median", choices=PRUNERS, help="stops hopeless trials early (median)")
     p.add_argument("--prune-startup", type=int, default=3, help="median: complete trials before any pruning")
     p.add_argument("--prune-warmup", type=int, default=1, help="epochs a trial runs before it can be pruned")
@@ -75,6 +79,8 @@ def check_sweep_inputs(args: argparse.Namespace, cfg, space) -> list[str]:
         problems.append(f"data.val_fraction is 0 and {root} has no val/ folder: a sweep selects on validation")
     if args.trials < 0:
         problems.append(f"--trials must be >= 0, got {args.trials}")
+    if args.score_last < 0:
+        problems.append(f"--score-last must be >= 0 (0: best epoch), got {args.score_last}")
     return problems
 
 
@@ -119,7 +125,8 @@ def run_sweep(args: argparse.Namespace, cfg, space, enqueued: list[dict], sweep_
     url = args.storage or st.default_storage(sweep_dir)
     name = args.study or sweep_dir.resolve().name
     st.claim_folder(sweep_dir, name, url)
-    definition = {"config": st.study_config(cfg), "space": space.as_dict(), "metric": cfg.train.best_metric}
+    definition = {"config": st.study_config(cfg), "space": space.as_dict(), "metric": cfg.train.best_metric,
+                  **({"score_last": args.score_last} if args.score_last else {})}
     study = st.open_study(
         st.open_storage(url, heartbeat_s=args.heartbeat), name, definition=definition,
         sampler=st.build_sampler(args.sampler, seed=None, trials=args.trials),
@@ -138,7 +145,7 @@ def run_sweep(args: argparse.Namespace, cfg, space, enqueued: list[dict], sweep_
     log.info("study %s in %s: %d of %d trials done, %d running elsewhere: %d to run here", name, url, done,
              args.trials, running, todo)
     settings = SweepSettings(config=args.config, overrides=base_overrides(args), sweep_dir=sweep_dir,
-                             metric=cfg.train.best_metric,
+                             metric=cfg.train.best_metric, score_last=args.score_last,
                              trial_seconds=args.trial_minutes * 60 if args.trial_minutes else None,
                              deadline=time.monotonic() + args.timeout if args.timeout else None)
 

@@ -13,7 +13,7 @@ from optuna.trial import TrialState, create_trial
 from videoft.config import load_config
 from videoft.sweep import study as st
 from videoft.sweep.outputs import SweepView, format_summary, write_outputs
-from videoft.sweep.runner import Objective, SweepSettings
+from videoft.sweep.runner import Objective, SweepSettings, Watch
 from videoft.sweep.space import load_space
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,3 +170,21 @@ def test_a_retry_carries_epochs_the_killed_sweep_never_reported(tmp_path):
     assert resume == [f"resume={run / 'last.pt'}"]
     assert carried == {1: 0.25, 2: 0.5}
     assert study.trials[1].intermediate_values == {1: 0.25, 2: 0.5}
+
+
+@pytest.mark.parametrize("score_last, expected, scored", [(0, 0.9, None), (3, 0.6, "3-5"), (9, 0.6, "1-5")])
+def test_score_last_scores_a_trial_by_its_last_epochs_not_its_luckiest(tmp_path, score_last, expected, scored):
+    """A lucky early epoch (0.9 at epoch 2) is the trial's value by default; --score-last K averages the
+    last K validated epochs (all of them when fewer), and the summary says which."""
+    study = optuna.create_study(direction="maximize")
+    settings = SweepSettings(config=str(DEMO), overrides=[], sweep_dir=tmp_path, metric="top1", score_last=score_last)
+    trial = study.ask()
+    found = Watch(values={1: 0.3, 2: 0.9, 3: 0.5, 4: 0.6, 5: 0.7}, last_epoch=5, last_reported=5, returncode=0)
+    value = Objective(settings, None).outcome(trial, found, tmp_path)
+    assert value == pytest.approx(expected)
+    assert trial.user_attrs.get("scored_epochs") == scored and trial.user_attrs["best_epoch"] == 2
+    study.tell(trial, value)
+    (tmp_path / "space.yaml").write_text("optim.lr: {low: 1.0e-4, high: 0.1, log: true}\n")
+    text = format_summary(SweepView.of(study, settings, load_space(tmp_path / "space.yaml", DEMO, [])))
+    assert (f"mean of epochs {scored}" if scored else "at epoch 2") in text
+    assert (f"mean of the last {score_last} validated epochs" if score_last else "best epoch") in text

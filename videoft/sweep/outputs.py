@@ -95,13 +95,24 @@ def format_summary(view: SweepView) -> str:
     """The summary table for the terminal, with the best trial and how to use it."""
     lines = _align(summary_rows(view, note_chars=70))
     counts = ", ".join(f"{n} {state}" for state, n in view.counts().items())
-    lines += ["", f"study {view.study.study_name}: {counts}; objective: validation {view.settings.metric} (max)"]
+    lines += ["", f"study {view.study.study_name}: {counts}; objective: validation {view.settings.metric} (max, "
+              f"{_objective(view.settings)})"]
     if view.best is not None:
         b = view.best
-        lines += [f"best: trial {b.number}, {view.settings.metric} {b.value:.4f} at epoch "
-                  f"{b.user_attrs.get('best_epoch', '?')} ({b.user_attrs.get('out_dir', '')})",
+        lines += [f"best: trial {b.number}, {view.settings.metric} {b.value:.4f} {_scored(b)} "
+                  f"({b.user_attrs.get('out_dir', '')})",
                   "  " + " ".join(overrides_for(view.space.config_values(b.params)))]
     return "\n".join(lines)
+
+
+def _objective(settings) -> str:
+    return f"mean of the last {settings.score_last} validated epochs" if settings.score_last else "best epoch"
+
+
+def _scored(trial) -> str:
+    """Where a trial's value comes from: its best epoch, or the epochs averaged (--score-last)."""
+    a = trial.user_attrs
+    return f"mean of epochs {a['scored_epochs']}" if "scored_epochs" in a else f"at epoch {a.get('best_epoch', '?')}"
 
 
 def write_summary_csv(view: SweepView, path: Path) -> None:
@@ -123,7 +134,7 @@ def write_best_config(view: SweepView, path: Path) -> None:
     trial_dir = best.user_attrs.get("out_dir", s.trial_dir(best.number))
     header = [
         f"# Best trial of sweep {view.study.study_name}: trial {best.number}, validation {s.metric} "
-        f"{best.value:.4f} at epoch {best.user_attrs.get('best_epoch', '?')}.",
+        f"{best.value:.4f} {_scored(best)}.",
         f"# Base config {s.config} with: " + " ".join([*s.overrides, *overrides_for(values)]),
         "# Train with it:           python tools/train.py " + str(path),
         f"# Its checkpoint on test:  python tools/evaluate.py {trial_dir}/best.pt --data {cfg.data.root} "
@@ -186,8 +197,8 @@ def render_html(view: SweepView, images: dict[str, Path], importances: dict[str,
     best = "<p>No complete trial yet.</p>"
     if view.best is not None:
         b = view.best
-        best = (f"<p>Trial {b.number}: validation {e(s.metric)} <b>{b.value:.4f}</b> at epoch "
-                f"{b.user_attrs.get('best_epoch', '?')}, in {e(str(b.user_attrs.get('out_dir', '')))}.</p>\n"
+        best = (f"<p>Trial {b.number}: validation {e(s.metric)} <b>{b.value:.4f}</b> {e(_scored(b))}, "
+                f"in {e(str(b.user_attrs.get('out_dir', '')))}.</p>\n"
                 f"<pre>{e(' '.join(overrides_for(view.space.config_values(b.params))))}</pre>\n"
                 f"<p>Config: {e(str(s.sweep_dir / 'best_config.yaml'))}. The test split was not used; "
                 "evaluate the chosen model on it once, with tools/evaluate.py (see that file's header).</p>")
@@ -204,7 +215,7 @@ def render_html(view: SweepView, images: dict[str, Path], importances: dict[str,
 <style>{_CSS}</style></head><body>
 <h1>Sweep {e(view.study.study_name)}</h1>
 <dl><dt>base config</dt><dd>{e(s.config)} {e(' '.join(s.overrides))}</dd>
-<dt>objective</dt><dd>validation {e(s.metric)}, maximised (best epoch of each trial)</dd>
+<dt>objective</dt><dd>validation {e(s.metric)}, maximised ({e(_objective(s))})</dd>
 <dt>trials</dt><dd>{e(counts)}</dd></dl>
 <h2>Best trial</h2>
 {best}

@@ -42,6 +42,7 @@ class SweepSettings:
     overrides: list[str]            # base overrides (the command line's, --trial-epochs, --metric)
     sweep_dir: Path
     metric: str                     # train.best_metric of the trials: the objective, maximised
+    score_last: int = 0             # 0: a trial scores its best validated epoch; K: the mean of its last K
     trial_seconds: float | None = None  # per-trial wall-clock budget
     deadline: float | None = None   # time.monotonic() at which the whole sweep must end (--timeout)
     poll_s: float = 0.5             # how often metrics.jsonl is read
@@ -176,7 +177,8 @@ class Objective:
             time.sleep(self.s.poll_s)
 
     def outcome(self, trial: optuna.Trial, found: Watch, out_dir: Path) -> float:
-        """The trial's value (its best validation metric), or TrialPruned / TrialFailed."""
+        """The trial's value (its best validation metric, or the mean of its last `score_last` validated
+        epochs), or TrialPruned / TrialFailed."""
         values = found.values
         trial.set_user_attr("epochs", max(found.last_epoch, *values, 0))
         if found.pruned:
@@ -193,7 +195,11 @@ class Objective:
             trial.set_user_attr("stopped", stopped)
         best_epoch = max(values, key=lambda e: (values[e], -e))
         trial.set_user_attr("best_epoch", best_epoch)
-        return values[best_epoch]
+        if not self.s.score_last:
+            return values[best_epoch]
+        last = sorted(values)[-self.s.score_last:]
+        trial.set_user_attr("scored_epochs", f"{last[0]}-{last[-1]}")
+        return sum(values[e] for e in last) / len(last)
 
 
 def _fail(trial: optuna.Trial, reason: str) -> TrialFailed:
