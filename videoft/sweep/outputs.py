@@ -105,11 +105,11 @@ def format_summary(view: SweepView) -> str:
     return "\n".join(lines)
 
 
-def _objective(settings) -> str:
+def _objective(settings: SweepSettings) -> str:
     return f"mean of the last {settings.score_last} validated epochs" if settings.score_last else "best epoch"
 
 
-def _scored(trial) -> str:
+def _scored(trial: FrozenTrial) -> str:
     """Where a trial's value comes from: its best epoch, or the epochs averaged (--score-last)."""
     a = trial.user_attrs
     return f"mean of epochs {a['scored_epochs']}" if "scored_epochs" in a else f"at epoch {a.get('best_epoch', '?')}"
@@ -222,7 +222,7 @@ def render_html(view: SweepView, images: dict[str, Path], importances: dict[str,
 <h2>Search space</h2>
 {_html_table(space_rows, 2)}
 <h2>Trials</h2>
-<p>* marks the best trial; value: its best validated epoch (pruned: the last reported); notes below.</p>
+<p>* marks the best trial; value: {e(_objective(s))} (pruned: the last reported); notes below.</p>
 {_trials_table([row[:-1] for row in summary_rows(view)])}
 <h2>Notes (errors, early stops, retries)</h2>
 {_html_table(notes, 2) if len(notes) > 1 else '<p>None.</p>'}
