@@ -188,11 +188,12 @@ def _memory_main(args: dict) -> dict:
 
 
 def _memory_of(contender: str, samples: list[VideoSample], s: Setup, min_clips: int) -> dict:
-    if contender == "videoft_eval":
-        return sampling.worker_rss(lambda: sampling.videoft_eval(samples, s), min_clips, clips_per_item=s.eval_clips)
-    make = {"videoft_train": lambda: sampling.videoft_train(samples, s),
-            "pytorchvideo_train": lambda: sampling.pytorchvideo_loader(samples, s, train=True)}[contender]
-    return sampling.worker_rss(make, min_clips)
+    make, clips_per_item = {  # the loader, and the clips in each of its items
+        "videoft_train": (lambda: sampling.videoft_train(samples, s), 1),
+        "pytorchvideo_train": (lambda: sampling.pytorchvideo_loader(samples, s, train=True), 1),
+        "videoft_eval": (lambda: sampling.videoft_eval(samples, s), s.eval_clips),
+    }[contender]
+    return sampling.worker_rss(make, min_clips, clips_per_item=clips_per_item)
 
 
 def compute_figures(data: Path, prepared: dict[str, Path], opts: SuiteOptions, s: Setup) -> list[dict]:
