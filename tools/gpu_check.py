@@ -19,6 +19,13 @@ any failed, and a summary table ends the output:
   export             tools/export.py best.pt to ONNX and TorchScript (logits checked against PyTorch)
   throughput         clips/s and peak GPU memory of bf16 + channels_last training steps, one small
                      (x3d_xs) and one mid-size (slow_r50) backbone at their own clip geometry
+  feeding            does the loader keep the GPU fed? tools/train.py's epoch loop (X3D-S 13x160x160, bf16,
+                     16 frames x 320x240 H.264 sources) end to end against the same steps on batches in
+                     memory, from the raw files and from tools/prepare.py copies (h264, jpeg, uint8)
+  step formats       training-step clips/s of fp32, bf16 and bf16 + channels_last_3d, with cuDNN's
+                     autotuner (cudnn.benchmark) off and on, per zoo backbone at its own geometry, and
+                     each format's gradient error against fp32's (what `train.amp`/`channels_last: auto`
+                     measures on a GPU; the figures behind it)
 """
 from __future__ import annotations
 
@@ -84,14 +91,25 @@ class Result:
 
 
 GPU_SIZES = {"per_class": (16, 4, 4), "frame": (160, 120), "overrides": ["data.num_workers=4"],
-             "throughput": [("x3d_xs", None, None, 16), ("slow_r50", None, None, 8)], "steps": 20, "warmup": 3}
+             "throughput": [("x3d_xs", None, None, 16), ("slow_r50", None, None, 8)], "steps": 20, "warmup": 3,
+             "feeding": {"videos": 32, "frames": 150, "width": 320, "height": 240, "steps": 20, "repeats": 2,
+                         "formats": ("h264", "jpeg", "uint8"), "workers": max(1, (os.cpu_count() or 2) - 2),
+                         "overrides": ["model.backbone=x3d_s", "data.clip_len=13", "data.frame_stride=6",
+                                       "data.crop_size=160", "data.short_side=182", "data.batch_size=32"]},
+             "step_formats": [("x3d_s", 16), ("r2plus1d_18", 16), ("s3d", 8), ("slow_r50", 8), ("mvit_base_16x4", 4)],
+             "format_steps": 10}
 CPU_SIZES = {"per_class": (3, 2, 2), "frame": (64, 48),
              "overrides": ["model.backbone=x3d_xs", "data.clip_len=4", "data.crop_size=32", "data.short_side=40",
                            "data.batch_size=4", "data.num_workers=0", "data.eval_clips=2", "train.threads=1"],
-             "throughput": [("x3d_xs", 4, 32, 2), ("s3d", 8, 32, 2)], "steps": 2, "warmup": 1}
+             "throughput": [("x3d_xs", 4, 32, 2), ("s3d", 8, 32, 2)], "steps": 2, "warmup": 1,
+             "feeding": {"videos": 4, "frames": 24, "width": 64, "height": 48, "steps": 2, "repeats": 1,
+                         "formats": ("h264", "uint8"), "workers": 1,
+                         "overrides": ["model.backbone=x3d_xs", "data.clip_len=4", "data.frame_stride=2",
+                                       "data.crop_size=32", "data.short_side=40", "data.batch_size=2"]},
+             "step_formats": [("x3d_xs", 2)], "step_geometry": (4, 32), "format_steps": 1}
 
 
-def run(cmd: list[str], ctx: Context, *, timeout: int = 1800) -> subprocess.CompletedProcess:
+def run(cmd: list[str], ctx: Context, *, timeout: int = 300) -> subprocess.CompletedProcess:
     """A tool as users run it; a non-zero exit is a failure carrying the end of its output."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "4")}
     if not ctx.cuda:
@@ -237,11 +255,92 @@ def check_throughput(ctx: Context) -> str:
     return "; ".join(parts)
 
 
+def _widen(folder: Path, view: Path, copies: int) -> Path:
+    """A class-folder view of `folder` with every video linked `copies` times under its own name: an epoch of
+    many steps from a few generated sources (each link is read as its own video)."""
+    for class_dir in (d for d in folder.iterdir() if d.is_dir()):
+        (view / class_dir.name).mkdir(parents=True, exist_ok=True)
+        for video in class_dir.iterdir():
+            stem, dot, suffix = video.name.partition(".")
+            for k in range(copies):
+                link = view / class_dir.name / f"{stem}_k{k:02d}{dot}{suffix}"
+                if not link.exists():
+                    link.symlink_to(video.resolve())
+    return view
+
+
+def check_feeding(ctx: Context) -> str:
+    from videoft.bench.e2e import end_to_end
+    from videoft.bench.suite import generate_videos
+    from videoft.data.prepare import PrepareParams
+    from videoft.data.prepare_dataset import prepare_dataset
+
+    f = ctx.sizes["feeding"]
+    root = ctx.work / "feeding"
+    src = generate_videos(root / "src", f["videos"], width=f["width"], height=f["height"], gop=250,
+                          frames=f["frames"])
+    short = int(next(o for o in f["overrides"] if o.startswith("data.short_side=")).split("=")[1])
+    batch = int(next(o for o in f["overrides"] if o.startswith("data.batch_size=")).split("=")[1])
+    sources = {"raw": src}
+    for fmt in f["formats"]:
+        summary = prepare_dataset(src, root / fmt, PrepareParams(format=fmt, short_side=short),
+                                  workers=os.cpu_count() or 1, show_progress=False)
+        expect(not summary.failed, f"prepare {fmt}: {summary.failed}")
+        sources[f"prepared {fmt}"] = root / fmt
+    device = torch.device("cuda", 0) if ctx.cuda else torch.device("cpu")
+    copies = math.ceil(f["steps"] * batch / f["videos"]) + 1
+    lines, results = [], {}
+    for label, folder in sources.items():
+        view = _widen(folder, root / f"view-{label.split()[-1]}", copies)
+        r = end_to_end(view, steps=f["steps"], repeats=f["repeats"], device=device,
+                       overrides=(*f["overrides"], f"data.num_workers={f['workers']}"))
+        results[label] = r
+        lines.append(f"{label}: end to end {r['end_to_end']['median']:.0f} clips/s vs compute only "
+                     f"{r['compute_only']['median']:.0f} ({r['ratio']:.2f}x; {r['step_format']})")
+    (ctx.work / "feeding.json").write_text(json.dumps({"sizes": f, "results": results}, indent=1, default=str))
+    return f"{f['workers']} workers, batch {batch}\n" + "\n".join(lines)
+
+
+def check_step_formats(ctx: Context) -> str:
+    from videoft.engine.autotune import StepFormat, gradient_error, measure_step
+    from videoft.models.backbones import get_backbone_spec
+    from videoft.models.classifier import build_classifier
+
+    device = torch.device("cuda", 0) if ctx.cuda else torch.device("cpu")
+    formats = [StepFormat(None, False), StepFormat(torch.bfloat16, False), StepFormat(torch.bfloat16, True)]
+    lines, rows = [], []
+    try:
+        for name, batch in ctx.sizes["step_formats"]:
+            spec = get_backbone_spec(name)
+            clip_len, crop = ctx.sizes.get("step_geometry") or (spec.clip_len, spec.crop_size)
+            model = build_classifier(name, 10, clip_len=clip_len, crop_size=crop, dropout=0.0).to(device)
+            cells = []
+            for autotuner in (False, True):
+                torch.backends.cudnn.benchmark = autotuner
+                runs = {fmt: measure_step(model, fmt, batch=batch, clip_len=clip_len, crop=crop, num_classes=10,
+                                          steps=ctx.sizes["format_steps"]) for fmt in formats}
+                for fmt, m in runs.items():
+                    error = gradient_error(m.gradient, runs[formats[0]].gradient)
+                    rows.append({"backbone": name, "clip": f"{clip_len}x{crop}x{crop}", "batch": batch,
+                                 "format": fmt.name, "cudnn_benchmark": autotuner, "clips_s": batch / m.seconds,
+                                 "gradient_error": error})
+                    cells.append(f"{fmt.name}{' +bench' * autotuner} {batch / m.seconds:.0f}"
+                                 + (f" ({100 * error:.2g}% off)" if fmt != formats[0] else ""))
+            lines.append(f"{name} {clip_len}x{crop}x{crop} batch {batch}: " + ", ".join(cells))
+            del model
+            if ctx.cuda:
+                torch.cuda.empty_cache()
+    finally:
+        torch.backends.cudnn.benchmark = False
+    (ctx.work / "step_formats.json").write_text(json.dumps(rows, indent=1))
+    return "clips/s per training step\n" + "\n".join(lines)
+
+
 CHECKS: list[tuple[str, Callable[[Context], str]]] = [
     ("environment", check_environment), ("demo data", check_demo_data),
     ("bf16 channels_last", check_bf16_channels_last), ("torchrun epoch", check_torchrun_epoch),
     ("resume", check_resume), ("evaluate", check_evaluate), ("export", check_export),
-    ("throughput", check_throughput)]
+    ("throughput", check_throughput), ("feeding", check_feeding), ("step formats", check_step_formats)]
 
 
 def run_checks(checks: list[tuple[str, Callable[[Context], str]]], ctx: Context) -> list[Result]:
@@ -280,14 +379,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", default=None, help="where runs and data go (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
     p.add_argument("--cpu-rehearsal", action="store_true", help="run the steps on the CPU with gloo, at tiny sizes")
+    p.add_argument("--only", default=None, help="comma-separated check names to run (default: all); the later "
+                   "checks need 'demo data' and 'torchrun epoch' before them")
     args = p.parse_args(argv)
+    checks = CHECKS
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",")]
+        unknown = [w for w in wanted if w not in dict(CHECKS)]
+        if unknown:
+            p.error(f"unknown check(s) {unknown}; known: {', '.join(dict(CHECKS))}")
+        checks = [c for c in CHECKS if c[0] in wanted]
     if not torch.cuda.is_available() and not args.cpu_rehearsal:
         print(NO_CUDA)
         return 0
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="videoft-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     cuda = not args.cpu_rehearsal
-    results = run_checks(CHECKS, Context(work, cuda, GPU_SIZES if cuda else CPU_SIZES))
+    results = run_checks(checks, Context(work, cuda, GPU_SIZES if cuda else CPU_SIZES))
     print("\n" + summary(results))
     if not args.keep and not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)

@@ -37,7 +37,7 @@ from videoft.data.prepared import read_preparation
 from videoft.data.segments import audit_spans
 from videoft.data.transforms import Preprocessing
 from videoft.data.watchdog import decode_process
-from videoft.engine.autotune import choose_step_format
+from videoft.engine.autotune import choose_step_format, device_name
 from videoft.engine.checkpoint import rng_state, set_rng_state
 from videoft.engine.distributed import (
     DistInfo,
@@ -230,19 +230,21 @@ class FineTuneRecipe:
         self.raw_model: VideoClassifier = model  # never DDP-wrapped: saved, evaluated and (un)frozen
 
     def setup_precision(self) -> None:
-        """Autocast dtype and memory layout: as configured; `auto` on CUDA is bf16 (fp16 without bf16) and the
-        plain layout; `auto` on the CPU is the fastest format for this model and CPU, timed (engine.autotune);
-        (fp16 only) a gradient scaler."""
+        """Autocast dtype and memory layout: as configured; `auto` is the fastest format for this model and CPU or
+        GPU whose gradient agrees with fp32's, timed (engine.autotune; on CUDA the dtype is bf16, or fp16 without
+        bf16, unless refused); (fp16 only) a gradient scaler."""
         cfg, device = self.cfg, self.dist.device
         amp_dtype = amp_dtype_for(cfg.train.amp, device)
         channels_last = cfg.train.channels_last == "on"
-        if device.type == "cpu" and ("auto" in (cfg.train.amp, cfg.train.channels_last) or cfg.train.amp == "bf16") \
-                and not self.caches_features:
+        timed = "auto" in (cfg.train.amp, cfg.train.channels_last) or (cfg.train.amp == "bf16" and device.type == "cpu")
+        if timed and device.type in ("cpu", "cuda") and not self.caches_features:
             fmt = choose_step_format(
                 self.raw_model, amp_mode=cfg.train.amp, channels_last_mode=cfg.train.channels_last,
                 backbone=self.spec.name, batch=min(4, cfg.data.batch_size // self.dist.world_size),
                 clip_len=self.pre.clip_len, crop=self.pre.crop_size, num_classes=len(self.classes),
-                frozen_stages=self.state.frozen_stages) if self.dist.is_main else None
+                frozen_stages=self.state.frozen_stages, device=device_name(device),
+                gpu_dtype=amp_dtype_for("auto", device) if device.type == "cuda" else None,
+            ) if self.dist.is_main else None
             fmt = broadcast_from_main(fmt)  # every rank trains in rank 0's choice
             amp_dtype, channels_last = fmt.amp_dtype, fmt.channels_last
         self.amp_dtype, self.channels_last = amp_dtype, channels_last

@@ -158,3 +158,46 @@ def test_a_fixed_bf16_is_still_checked(tmp_path, monkeypatch, caplog):
                              cache_file=tmp_path / "a.json")
     assert fmt == BF16 and measured == [FP32, BF16]  # kept as configured, measured against fp32
     assert "training may diverge" in caplog.text
+
+
+FP16, FP16_CL = StepFormat(torch.float16, False), StepFormat(torch.float16, True)
+
+
+def test_on_cuda_auto_means_the_gpu_dtype_in_both_layouts():
+    assert candidates("auto", "auto", native_bf16=False, gpu_dtype=torch.bfloat16) == [BF16, BF16_CL]
+    assert candidates("auto", "auto", native_bf16=True, gpu_dtype=torch.float16) == [FP16, FP16_CL]
+    assert candidates("off", "auto", native_bf16=False, gpu_dtype=torch.bfloat16) == [FP32, FP32_CL]
+    assert candidates("auto", "off", native_bf16=False, gpu_dtype=torch.bfloat16) == [BF16]
+
+
+def _timed(seconds: dict, wrong: dict | None = None):
+    """A measurement with set times and gradients (the choice rule alone; measure_step is tested above)."""
+    measured, base = [], torch.linspace(1.0, 2.0, 50, dtype=torch.float64)
+
+    def measure(model, fmt, **kw):
+        measured.append(fmt)
+        return Measurement(seconds[fmt], (wrong or {}).get(fmt, lambda g: g * 1.001)(base))
+    return measure, measured
+
+
+def test_on_cuda_the_layout_is_chosen_by_speed_and_a_refused_gpu_dtype_falls_back_to_fp32(tmp_path, caplog):
+    """H200 figures (README, Running on GPUs): channels_last_3d 1.5x faster for R(2+1)D, 4.7x slower for X3D-S;
+    bf16's first-step gradient 100% off fp32's for a random-initialised R(2+1)D-18."""
+    caplog.set_level(logging.INFO, logger="videoft")
+    model = build_classifier("x3d_xs", 3, clip_len=2, crop_size=32)
+    cuda = dict(ARGS, gpu_dtype=torch.bfloat16, device="NVIDIA H200|cuDNN 91900")
+    measure, measured = _timed({FP32: 1.0, BF16: 0.6, BF16_CL: 0.4})
+    assert choose_step_format(model, **cuda, measure=measure, cache_file=tmp_path / "a.json") == BF16_CL
+    assert measured == [FP32, BF16, BF16_CL]  # fp32 only as the gradient reference
+    assert "NVIDIA H200|cuDNN 91900" in next(iter(json.loads((tmp_path / "a.json").read_text())))
+    measure, _ = _timed({FP32: 1.0, BF16: 0.6, BF16_CL: 2.8})
+    assert choose_step_format(model, **cuda, measure=measure, cache_file=tmp_path / "b.json") == BF16
+    # bf16 refused in both layouts: fp32, which `auto` allows, not the least wrong bf16
+    measure, _ = _timed({FP32: 1.0, BF16: 0.5, BF16_CL: 0.3}, {BF16: lambda g: g * 2.0, BF16_CL: lambda g: g * 2.0})
+    assert choose_step_format(model, **cuda, measure=measure, cache_file=tmp_path / "c.json") == FP32
+    assert caplog.text.count("(refused)") == 2 and "training may diverge" not in caplog.text
+    # a fixed fp16 is checked with the same tolerance as bf16 (fp16 steps are not loss-scaled when timed)
+    measure, _ = _timed({FP32: 1.0, FP16: 0.5})
+    fixed = dict(cuda, amp_mode="fp16", channels_last_mode="off")
+    assert choose_step_format(model, **fixed, measure=measure, cache_file=tmp_path / "d.json") == FP16
+    assert "training may diverge" not in caplog.text

@@ -2,6 +2,7 @@
 rehearsal runs every step the GPU run takes (only the CUDA-specific lines cannot be exercised here)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ gpu_check = load_tool("gpu_check")
 def test_checks_cover_what_the_gpu_run_must_show():
     assert [name for name, _ in gpu_check.CHECKS] == [
         "environment", "demo data", "bf16 channels_last", "torchrun epoch", "resume", "evaluate", "export",
-        "throughput"]
+        "throughput", "feeding", "step formats"]
     assert [name for name, *_ in gpu_check.GPU_SIZES["throughput"]] == ["x3d_xs", "slow_r50"]
 
 
@@ -52,6 +53,21 @@ def test_cpu_rehearsal_runs_every_step(tmp_path):
     proc = subprocess.run([sys.executable, "tools/gpu_check.py", "--cpu-rehearsal", "--work-dir", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
-    assert "8 of 8 checks passed" in proc.stdout and "backend gloo" in proc.stdout
+    assert "10 of 10 checks passed" in proc.stdout and "backend gloo" in proc.stdout
     for name in ("torchrun/best.pt", "torchrun/last.pt", "eval/report.json", "model.onnx", "model.torchscript"):
         assert (tmp_path / name).is_file(), name
+    feeding = json.loads((tmp_path / "feeding.json").read_text())["results"]
+    assert list(feeding) == ["raw", "prepared h264", "prepared uint8"]
+    assert all(r["end_to_end"]["median"] > 0 and r["compute_only"]["median"] > 0 for r in feeding.values())
+    formats = json.loads((tmp_path / "step_formats.json").read_text())
+    assert {(r["format"], r["cudnn_benchmark"]) for r in formats} == {
+        (f, b) for f in ("fp32", "bf16", "bf16 + channels_last") for b in (False, True)}
+
+
+def test_only_runs_the_named_checks_and_refuses_unknown_names(tmp_path):
+    proc = subprocess.run([sys.executable, "tools/gpu_check.py", "--cpu-rehearsal", "--only", "environment",
+                           "--work-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "1 of 1 checks passed" in proc.stdout, proc.stdout
+    proc = subprocess.run([sys.executable, "tools/gpu_check.py", "--cpu-rehearsal", "--only", "environment,nope"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown check(s) ['nope']" in proc.stderr

@@ -18,9 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 SHORT_SIDE = 72  # the short side end_to_end trains at (prepare copies for it at this size)
 
 
-def end_to_end(data: str | Path, *, steps: int = 20, repeats: int = 3,
-               overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-    """clips/s of tools/train.py's epoch loop on the real loader and on in-memory batches (median, min, max)."""
+def end_to_end(data: str | Path, *, steps: int = 20, repeats: int = 3, overrides: tuple[str, ...] = (),
+               device: torch.device = torch.device("cpu")) -> dict[str, Any]:
+    """clips/s of tools/train.py's epoch loop on the real loader and on in-memory batches (median, min, max).
+    On CUDA the in-memory batches are the loader's pinned ones, copied to the GPU at every step as in training."""
     from videoft.config import load_config
     from videoft.engine.autotune import StepFormat
     from videoft.engine.distributed import DistInfo
@@ -33,7 +34,7 @@ def end_to_end(data: str | Path, *, steps: int = 20, repeats: int = 3,
             f"data.short_side={SHORT_SIDE}", "data.scale_jitter=[1.0,1.25]", "data.batch_size=8", "data.num_workers=2",
             "optim.name=adamw", "train.threads=2", "data.val_fraction=0.0", "train.precise_bn_batches=0",
             *overrides])
-        recipe = FineTuneRecipe(cfg, DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")),
+        recipe = FineTuneRecipe(cfg, DistInfo(rank=0, local_rank=0, world_size=1, device=device),
                                 Path(out))
         recipe.setup()
         loader = recipe.train_loader
@@ -42,7 +43,7 @@ def end_to_end(data: str | Path, *, steps: int = 20, repeats: int = 3,
         def epoch(source, e: int) -> float:
             if hasattr(source, "sampler"):
                 source.sampler.set_epoch(e)
-            result = train_one_epoch(recipe.model, source, recipe.optimizer, device=torch.device("cpu"), opts=opts,
+            result = train_one_epoch(recipe.model, source, recipe.optimizer, device=device, opts=opts,
                                      num_classes=len(recipe.classes), step=0, lr_at=lambda s: 1e-4,
                                      show_progress=False)
             return result.clips_per_second
