@@ -43,6 +43,9 @@ class TrainingState:
     unfreeze: dict[str, int]       # UnfreezeSchedule.state_dict(), empty when not unfreezing
     best: dict[str, Any]           # {"metric", "value", "epoch"}
     history: list[dict] = field(default_factory=list)  # one row per epoch (metrics.jsonl)
+    # train.ema_decay: the trained weights (the checkpoint's `model` is then their average) and its update count
+    online_model: dict[str, torch.Tensor] = field(default_factory=dict)
+    ema_updates: int = 0
 
 
 @dataclass
@@ -74,7 +77,8 @@ class RunCheckpoint:
             t = self.training
             state.update({"optimizer": t.optimizer, "scaler": t.scaler, "epoch": t.epoch,
                           "epoch_step": t.epoch_step, "step": t.step, "rng": t.rng, "unfreeze": t.unfreeze,
-                          "best": t.best, "history": t.history})
+                          "best": t.best, "history": t.history, "online_model": t.online_model,
+                          "ema_updates": t.ema_updates})
         return state
 
     def save(self, path: str | Path) -> None:
@@ -105,7 +109,8 @@ def read_run_checkpoint(path: str | Path, map_location: str | torch.device = "cp
         training = TrainingState(epoch=state["epoch"], epoch_step=state.get("epoch_step", 0), step=state["step"],
                                  optimizer=state["optimizer"], scaler=state.get("scaler", {}), rng=state["rng"],
                                  unfreeze=state.get("unfreeze", {}), best=state["best"],
-                                 history=state.get("history", []))
+                                 history=state.get("history", []), online_model=state.get("online_model") or {},
+                                 ema_updates=state.get("ema_updates", 0))
     return RunCheckpoint(model=state["model"], classes=list(state["classes"]), backbone=state["backbone"],
                          preprocessing=pre, config=config, training=training,
                          preparation=dict(state.get("preparation") or {}))

@@ -104,8 +104,9 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    amp: str = "auto"               # auto (bf16 on CUDA; on CPU the faster of fp32/bf16, timed) | bf16 | fp16 | off
-    channels_last: str = "auto"     # channels_last_3d: auto (off on CUDA; on CPU timed, see engine.autotune) | on | off
+    amp: str = "auto"               # auto (bf16 on CUDA unless its gradient is off fp32's; on CPU the faster of
+                                    # fp32/bf16, timed) | bf16 | fp16 | off
+    channels_last: str = "auto"     # channels_last_3d: auto (timed on CPU and CUDA, see engine.autotune) | on | off
     sync_bn: bool = False
     eval_every: int = 1
     best_metric: str = "mean_class_accuracy"  # or top1, video_top1, video_mean_class_accuracy
@@ -124,6 +125,8 @@ class TrainConfig:
     feature_cache_ram_mb: float = 1024  # cached features above this size are memory-mapped from
                                     # out_dir/feature_cache instead of loaded in each process's RAM
     threads: int | None = None      # torch CPU threads (None: torch's default)
+    ema_decay: float = 0.0          # > 0: validate, checkpoint and export an exponential moving average of the
+                                    # weights (updated every optimizer step; decay warmed up as timm does)
 
 
 @dataclass
@@ -233,6 +236,10 @@ def validate(cfg: Config) -> list[str]:
     if cfg.train.linear_probe and cfg.train.probe_solver == "lbfgs" and not cfg.train.cache_features:
         problems.append("train.probe_solver=lbfgs solves the head on cached features: needs train.cache_features="
                         "true (or train.probe_solver=sgd)")
+    t = cfg.train
+    if t.ema_decay and t.linear_probe and t.cache_features and t.probe_solver == "lbfgs":
+        problems.append("train.ema_decay averages the weights of gradient steps: the lbfgs probe solves the head "
+                        "exactly (set train.ema_decay=0, or train.probe_solver=sgd)")
     if cfg.train.linear_probe and cfg.freeze.unfreeze.every:
         problems.append("train.linear_probe keeps the whole backbone frozen: freeze.unfreeze.every must be 0")
     weights_problem = weights_source_problem(cfg.model.pretrained, cfg.model.weights)

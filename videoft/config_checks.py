@@ -24,6 +24,7 @@ _RANGES = (
     ("train.checkpoint_every_steps", 0, None, "[]"), ("train.max_steps_per_epoch", 1, None, "[]"),
     ("train.precise_bn_batches", 0, None, "[]"), ("train.threads", 1, None, "[]"),
     ("train.feature_cache_ram_mb", 0, None, "[]"), ("train.min_val_videos", 0, None, "[]"),
+    ("train.ema_decay", 0, 1, "[)"),
 )
 
 

@@ -17,11 +17,13 @@ import random
 import shutil
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from videoft.checkpoint import (
     RunCheckpoint,
@@ -47,6 +49,7 @@ from videoft.engine.distributed import (
     setup_distributed,
     sync_bn_stats,
 )
+from videoft.engine.ema import build_ema, held_in
 from videoft.engine.evaluate import predict, summarize
 from videoft.engine.features import cache_eval_features, cache_features
 from videoft.engine.logger import RunLogger
@@ -136,6 +139,7 @@ class FineTuneRecipe:
         self.keep_last = False  # best.pt follows the last epoch (validation too small to choose one)
         self.val_features = None  # the validation views' features (the linear probe's solver)
         self.preparation: dict = {}  # tools/prepare.py's parameters when data.root is a prepared copy
+        self.ema: AveragedModel | None = None  # train.ema_decay: the average that is validated and saved
 
     # ---- setup ------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -145,6 +149,7 @@ class FineTuneRecipe:
         self.validate_setup()
         self.setup_model()
         self.setup_precision()
+        self.setup_ema()
         self.setup_optimizer()
         self.setup_loaders()
         self.setup_lr_schedule()
@@ -255,6 +260,13 @@ class FineTuneRecipe:
         log.info("precision: %s%s", f"{self.amp_dtype} autocast" if self.amp_dtype else "fp32",
                  ", channels_last_3d" if channels_last else "")
 
+    def setup_ema(self) -> None:
+        """The moving average of the weights (engine/ema.py), when train.ema_decay is set."""
+        if self.cfg.train.ema_decay:
+            self.ema = build_ema(self.raw_model, self.cfg.train.ema_decay)
+            log.info("weights averaged (EMA, decay %g): validation and checkpoints use the average",
+                     self.cfg.train.ema_decay)
+
     @property
     def caches_features(self) -> bool:
         """Linear probe on cached features: the backbone runs once without gradients, then only the head trains."""
@@ -357,7 +369,10 @@ class FineTuneRecipe:
             self.schedule.load_state_dict(t.unfreeze)
             self.state.frozen_stages = self.schedule.frozen_stages_at(t.epoch)
             freeze_stages(self.raw_model, self.spec, self.state.frozen_stages, bn=self.cfg.freeze.bn)
-        self.raw_model.load_state_dict(ckpt.model)
+        self.raw_model.load_state_dict(t.online_model or ckpt.model)  # with EMA, `model` is the average
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ckpt.model)
+            self.ema.n_averaged.fill_(t.ema_updates)
         configured = [(g["base_lr"], g["weight_decay"]) for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(t.optimizer)
         # the config is the source of truth for LRs and weight decay (load_state_dict restores the old ones)
@@ -482,6 +497,8 @@ class FineTuneRecipe:
 
         def on_step(step: int) -> None:
             state.step, state.epoch_step = step, step - epoch_start_step
+            if self.ema is not None:
+                self.ema.update_parameters(self.raw_model)
             every = cfg.train.checkpoint_every_steps
             if every and step % every == 0:
                 self.save("last.pt")
@@ -518,14 +535,15 @@ class FineTuneRecipe:
         scalars that decisions depend on (best checkpoint, early stopping), so all ranks decide alike.
         """
         cfg, dist = self.cfg, self.dist
-        if cfg.train.precise_bn_batches and not cfg.train.linear_probe:
-            self.train_loader.sampler.set_epoch(epoch)  # the epoch's first batches, also after a mid-epoch resume
-            recompute_bn_stats(self.raw_model, self.train_loader, num_batches=cfg.train.precise_bn_batches,
-                               device=dist.device, amp_dtype=self.amp_dtype, channels_last=self.channels_last)
-            sync_bn_stats(self.raw_model)  # every rank saw its own shard: average so the ranks stay identical
-        pred = predict(self.raw_model, self.val_loader, device=dist.device, num_clips=cfg.data.eval_clips,
-                       num_crops=cfg.data.eval_crops, amp_dtype=self.amp_dtype,
-                       channels_last=self.channels_last, show_progress=dist.is_main, desc="validate")
+        with held_in(self.raw_model, self.ema) if self.ema is not None else nullcontext():
+            if cfg.train.precise_bn_batches and not cfg.train.linear_probe:
+                self.train_loader.sampler.set_epoch(epoch)  # the epoch's first batches, also after a mid-epoch resume
+                recompute_bn_stats(self.raw_model, self.train_loader, num_batches=cfg.train.precise_bn_batches,
+                                   device=dist.device, amp_dtype=self.amp_dtype, channels_last=self.channels_last)
+                sync_bn_stats(self.raw_model)  # every rank saw its own shard: average so the ranks stay identical
+            pred = predict(self.raw_model, self.val_loader, device=dist.device, num_clips=cfg.data.eval_clips,
+                           num_crops=cfg.data.eval_crops, amp_dtype=self.amp_dtype,
+                           channels_last=self.channels_last, show_progress=dist.is_main, desc="validate")
         metrics = None
         if pred is not None:
             for path, reason in pred.failures:
@@ -573,8 +591,11 @@ class FineTuneRecipe:
                                  optimizer=self.optimizer.state_dict(),
                                  scaler=self.scaler.state_dict() if self.scaler is not None else {},
                                  rng=rng_state(), unfreeze=self.schedule.state_dict() if self.schedule else {},
-                                 best=s.best, history=s.history)
-        return RunCheckpoint(model=self.raw_model.state_dict(), classes=list(self.classes),
+                                 best=s.best, history=s.history,
+                                 online_model=self.raw_model.state_dict() if self.ema is not None else {},
+                                 ema_updates=int(self.ema.n_averaged) if self.ema is not None else 0)
+        weights = self.ema.module.state_dict() if self.ema is not None else self.raw_model.state_dict()
+        return RunCheckpoint(model=weights, classes=list(self.classes),
                              backbone=self.cfg.model.backbone, preprocessing=self.pre, config=self.cfg,
                              training=training, preparation=self.preparation)
 
