@@ -50,7 +50,7 @@ from videoft.engine.distributed import (
     sync_bn_stats,
 )
 from videoft.engine.ema import build_ema, held_in
-from videoft.engine.evaluate import predict, summarize
+from videoft.engine.evaluate import centre_view_index, predict, predict_from_features, summarize
 from videoft.engine.features import cache_eval_features, cache_features
 from videoft.engine.logger import RunLogger
 from videoft.engine.metrics import cross_entropy
@@ -299,9 +299,10 @@ class FineTuneRecipe:
                 amp_dtype=self.amp_dtype, ram_limit_mb=cfg.train.feature_cache_ram_mb)
             self.state.failures.update(failures)
             if self.uses_probe_solver and self.val_loader is not None:
-                self.val_features = cache_eval_features(
+                self.val_features, failures = cache_eval_features(
                     FeatureExtractor(self.raw_model), self.val_loader, dist, self.out_dir / "feature_cache" / "val",
                     amp_dtype=self.amp_dtype, ram_limit_mb=cfg.train.feature_cache_ram_mb)
+                self.state.failures.update(failures)
         self.choose_best_rule()
 
     @property
@@ -461,7 +462,7 @@ class FineTuneRecipe:
                        "clips_per_s": 0.0, "probe_l2": fit.l2, "probe_selection": fit.selection,
                        "probe_grid": fit.grid, "probe_iterations": fit.iterations, "probe_seconds": fit.seconds}
                 if self.val_loader is not None:
-                    metrics = self.validate(0)
+                    metrics = self.validate_cached()
                     row.update({f"val_{k}": metrics[k] for k in ("loss", "top1", "mean_class_accuracy",
                                                                  "video_top1", "video_mean_class_accuracy")})
                     logger.confusion(metrics, 0)
@@ -548,6 +549,20 @@ class FineTuneRecipe:
         if pred is not None:
             for path, reason in pred.failures:
                 self.state.failures[path] = reason
+            metrics = {**summarize(pred, self.classes), "loss": cross_entropy(pred.clip_probs, pred.labels)}
+        scalars = broadcast_from_main({k: v for k, v in (metrics or {}).items() if k not in DETAILED_METRICS})
+        return metrics if metrics is not None else scalars
+
+    def validate_cached(self) -> dict:
+        """`validate` for the solved linear probe: the head on the validation views' cached features (the
+        backbone is frozen, so they are what decoding the videos again would give); same return as validate."""
+        metrics = None
+        if self.dist.is_main:
+            store = self.val_features
+            x, y = store.arrays([s.label for s in self.splits["val"]])
+            pred = predict_from_features(
+                self.raw_model.head, x, y, store.indices().tolist(), device=self.dist.device,
+                centre_view=centre_view_index(self.cfg.data.eval_clips, self.cfg.data.eval_crops))
             metrics = {**summarize(pred, self.classes), "loss": cross_entropy(pred.clip_probs, pred.labels)}
         scalars = broadcast_from_main({k: v for k, v in (metrics or {}).items() if k not in DETAILED_METRICS})
         return metrics if metrics is not None else scalars

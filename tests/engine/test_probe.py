@@ -103,3 +103,23 @@ def test_small_validation_keeps_the_last_epoch(tmp_path, tiny_motion_dataset):
         recipe.record_best(0.9, 0)  # a lucky first epoch...
         assert recipe.record_best(0.5, 1) is expect_last  # ...then a worse one
         assert recipe.state.best["epoch"] == (2 if expect_last else 1)
+
+
+def test_the_solved_probe_is_validated_on_cached_features_as_decoding_would(tmp_path, tiny_motion_dataset,
+                                                                             monkeypatch):
+    """After the solve, validation reads the validation views' cached features (the backbone is frozen):
+    the same numbers as decoding the videos again through the whole model, without the decode."""
+    import videoft.recipe as recipe_module
+
+    real_predict = recipe_module.predict
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("validation decoded the videos again")
+    monkeypatch.setattr(recipe_module, "predict", no_decoding)
+    solved, _, _ = run_probe(tmp_path / "lbfgs", tiny_motion_dataset)
+    row = solved.state.history[-1]
+    monkeypatch.setattr(recipe_module, "predict", real_predict)
+    decoded = solved.validate(0)
+    assert row["val_loss"] == pytest.approx(decoded["loss"], rel=1e-5)
+    for key in ("top1", "mean_class_accuracy", "video_top1", "video_mean_class_accuracy"):
+        assert row[f"val_{key}"] == decoded[key], key

@@ -93,9 +93,13 @@ class FeatureStore:
     def __len__(self) -> int:
         return int((self.shard_of >= 0).sum())
 
+    def indices(self) -> np.ndarray:
+        """The dataset indices of the cached videos (those that decoded), in order."""
+        return np.flatnonzero(self.shard_of >= 0)
+
     def arrays(self, labels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:  # features [n, V, D], labels [n]
         """Every cached video's features in dataset order, with its label (for a full-batch solver)."""
-        indices = np.flatnonzero(self.shard_of >= 0)
+        indices = self.indices()
         feats = [self.get(int(i)) for i in indices]
         x = torch.stack(feats) if feats else torch.empty(0)
         return x, torch.as_tensor(np.asarray(labels)[indices], dtype=torch.long)
@@ -140,11 +144,12 @@ def _write_and_open(backbone: torch.nn.Module, shard: DataLoader, dist: DistInfo
 
 
 def cache_eval_features(backbone: torch.nn.Module, loader: DataLoader, dist: DistInfo, cache_dir: str | Path, *,
-                        amp_dtype: torch.dtype | None = None, ram_limit_mb: float = 1024) -> FeatureStore:
+                        amp_dtype: torch.dtype | None = None, ram_limit_mb: float = 1024
+                        ) -> tuple[FeatureStore, list]:
     """The frozen backbone's features of every view of an evaluation loader (already sharded by rank),
-    e.g. the validation videos, for choosing the linear probe's L2 strength."""
-    store, _ = _write_and_open(backbone, loader, dist, Path(cache_dir), amp_dtype=amp_dtype, ram_limit_mb=ram_limit_mb)
-    return store
+    e.g. the validation videos, for choosing the linear probe's L2 strength and validating the solved head;
+    and the (path, reason) decode failures of every rank (on rank 0)."""
+    return _write_and_open(backbone, loader, dist, Path(cache_dir), amp_dtype=amp_dtype, ram_limit_mb=ram_limit_mb)
 
 
 def cache_features(backbone: torch.nn.Module, loader: DataLoader, dist: DistInfo, cache_dir: str | Path, *,
