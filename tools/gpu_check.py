@@ -62,6 +62,7 @@ class Context:
     work: Path
     cuda: bool
     sizes: dict = field(default_factory=dict)
+    feeding_data: Path | None = None  # a class folder of real videos for the feeding check (default: generated)
 
     @property
     def data(self) -> Path:
@@ -277,8 +278,9 @@ def check_feeding(ctx: Context) -> str:
 
     f = ctx.sizes["feeding"]
     root = ctx.work / "feeding"
-    src = generate_videos(root / "src", f["videos"], width=f["width"], height=f["height"], gop=250,
-                          frames=f["frames"])
+    src = ctx.feeding_data or generate_videos(root / "src", f["videos"], width=f["width"], height=f["height"],
+                                              gop=250, frames=f["frames"])
+    videos = sum(1 for d in src.iterdir() if d.is_dir() for _ in d.iterdir())
     short = int(next(o for o in f["overrides"] if o.startswith("data.short_side=")).split("=")[1])
     batch = int(next(o for o in f["overrides"] if o.startswith("data.batch_size=")).split("=")[1])
     sources = {"raw": src}
@@ -288,7 +290,7 @@ def check_feeding(ctx: Context) -> str:
         expect(not summary.failed, f"prepare {fmt}: {summary.failed}")
         sources[f"prepared {fmt}"] = root / fmt
     device = torch.device("cuda", 0) if ctx.cuda else torch.device("cpu")
-    copies = math.ceil(f["steps"] * batch / f["videos"]) + 1
+    copies = math.ceil(f["steps"] * batch / videos) + 1
     lines, results = [], {}
     for label, folder in sources.items():
         view = _widen(folder, root / f"view-{label.split()[-1]}", copies)
@@ -298,7 +300,7 @@ def check_feeding(ctx: Context) -> str:
         lines.append(f"{label}: end to end {r['end_to_end']['median']:.0f} clips/s vs compute only "
                      f"{r['compute_only']['median']:.0f} ({r['ratio']:.2f}x; {r['step_format']})")
     (ctx.work / "feeding.json").write_text(json.dumps({"sizes": f, "results": results}, indent=1, default=str))
-    return f"{f['workers']} workers, batch {batch}\n" + "\n".join(lines)
+    return f"{f['workers']} workers, batch {batch}, {videos} source videos in {src}\n" + "\n".join(lines)
 
 
 def check_step_formats(ctx: Context) -> str:
@@ -379,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", default=None, help="where runs and data go (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
     p.add_argument("--cpu-rehearsal", action="store_true", help="run the steps on the CPU with gloo, at tiny sizes")
+    p.add_argument("--feeding-data", type=Path, default=None,
+                   help="feeding check: a class folder of real videos (e.g. a copy of ucf101-mini) instead of "
+                        "generated 320x240 clips")
     p.add_argument("--only", default=None, help="comma-separated check names to run (default: all); the later "
                    "checks need 'demo data' and 'torchrun epoch' before them")
     args = p.parse_args(argv)
@@ -395,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="videoft-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     cuda = not args.cpu_rehearsal
-    results = run_checks(checks, Context(work, cuda, GPU_SIZES if cuda else CPU_SIZES))
+    results = run_checks(checks, Context(work, cuda, GPU_SIZES if cuda else CPU_SIZES, args.feeding_data))
     print("\n" + summary(results))
     if not args.keep and not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)

@@ -71,3 +71,16 @@ def test_only_runs_the_named_checks_and_refuses_unknown_names(tmp_path):
     proc = subprocess.run([sys.executable, "tools/gpu_check.py", "--cpu-rehearsal", "--only", "environment,nope"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown check(s) ['nope']" in proc.stderr
+
+
+@pytest.mark.slow
+def test_feeding_reads_real_videos_when_given(tmp_path, make_class_folder):
+    data = make_class_folder(tmp_path / "real", {"a": 2, "b": 2}, num_frames=24)
+    proc = subprocess.run([sys.executable, "tools/gpu_check.py", "--cpu-rehearsal", "--only", "feeding",
+                           "--feeding-data", str(data), "--work-dir", str(tmp_path / "work")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "1 of 1 checks passed" in proc.stdout, proc.stdout[-3000:]
+    assert f"4 source videos in {data}" in proc.stdout
+    assert not (tmp_path / "work" / "feeding" / "src").exists()  # nothing generated
+    assert list(json.loads((tmp_path / "work" / "feeding.json").read_text())["results"]) == [
+        "raw", "prepared h264", "prepared uint8"]
