@@ -65,6 +65,7 @@ class ModelConfig:
     dropout: float = 0.5
     init_from: str | None = None    # start from another videoft checkpoint (head re-made if classes differ)
     model_dir: str | None = None    # where downloaded weights are cached (torch hub cache by default)
+    drop_path: float | None = None  # stochastic depth rate (mvit_v2_s, mvit_base_16x4); None: the library default
 
 
 @dataclass

@@ -30,7 +30,7 @@ from videoft.data.dataset import VideoSample, group_of
 from videoft.data.transforms import Preprocessing
 from videoft.engine.distributed import DistInfo, broadcast_from_main, gather_to_main
 from videoft.errors import CheckpointError, ConfigError, DataError, UserError
-from videoft.models.backbones import BackboneSpec, geometry_problem
+from videoft.models.backbones import BackboneSpec, drop_path_problem, geometry_problem
 
 log = logging.getLogger("videoft")
 
@@ -85,6 +85,9 @@ def geometry_problems(cfg: Config, spec: BackboneSpec, pre: Preprocessing) -> li
         problems.append(f"data.crop_size {pre.crop_size} is larger than the frames it is cut from (short side "
                         f"{pre.short_side} x data.scale_jitter low {low}; {spec.name}'s default where not set): "
                         "lower data.crop_size or raise data.short_side")
+    drop_path = drop_path_problem(spec, cfg.model.drop_path)
+    if drop_path:
+        problems.append(drop_path)
     total = len(spec.stages)
     if cfg.freeze.stages > total:
         problems.append(f"freeze.stages: {cfg.freeze.stages}, but {spec.name} has {total} stages "

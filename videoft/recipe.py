@@ -219,7 +219,8 @@ class FineTuneRecipe:
         model = build_classifier(spec.name, len(self.classes), clip_len=self.pre.clip_len,
                                  crop_size=self.pre.crop_size, pretrained=cfg.model.pretrained,
                                  weights=cfg.model.weights, on_missing_weights=cfg.model.on_missing_weights,
-                                 dropout=cfg.model.dropout, model_dir=cfg.model.model_dir)
+                                 dropout=cfg.model.dropout, model_dir=cfg.model.model_dir,
+                                 drop_path=cfg.model.drop_path)
         if cfg.model.init_from:
             init_from_checkpoint(model, cfg.model.init_from, self.classes, ckpt=self.init_checkpoint)
         total = len(spec.stages)

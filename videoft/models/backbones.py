@@ -76,6 +76,7 @@ class BackboneSpec:
     head_extras: tuple[str, ...] = ()  # library dropout/softmax around the head, replaced by nn.Identity
     min_clip_len: int = 1  # smallest geometry the architecture runs at (measured)
     min_crop_size: int = 1
+    drop_path_arg: str | None = None  # the builder's keyword for its stochastic depth rate (None: it has none)
 
 
 _PV_MEAN, _PV_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)  # PySlowFast / pytorchvideo hub preset
@@ -138,7 +139,7 @@ BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in (
         stages=("patch_embed", "cls_positional_encoding", *(f"blocks.{i}" for i in range(16)),
                 "norm_embed"),
         head="head.proj", clip_len=16, frame_stride=4, crop_size=224, fixed_geometry=True,
-        head_extras=("head.dropout",)),
+        head_extras=("head.dropout",), drop_path_arg="droppath_rate_block"),
     _tv("r3d_18", tvv.R3D_18_Weights, **_VIDEO_RESNET),
     _tv("mc3_18", tvv.MC3_18_Weights, **_VIDEO_RESNET),
     _tv("r2plus1d_18", tvv.R2Plus1D_18_Weights, **_VIDEO_RESNET),
@@ -148,10 +149,11 @@ BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in (
         global_pools=("avgpool",), head_extras=("classifier.0",), min_clip_len=5, min_crop_size=17),
     _tv("mvit_v2_s", tvv.MViT_V2_S_Weights,
         stages=("conv_proj", "pos_encoding", *(f"blocks.{i}" for i in range(16)), "norm"),
-        head="head.1", clip_len=16, frame_stride=4, fixed_geometry=True, head_extras=("head.0",)),
+        head="head.1", clip_len=16, frame_stride=4, fixed_geometry=True, head_extras=("head.0",),
+        drop_path_arg="stochastic_depth_prob"),
     _tv("swin3d_t", tvv.Swin3D_T_Weights,
         stages=("patch_embed", *(f"features.{i}" for i in range(7)), "norm"),
-        head="head", clip_len=32, frame_stride=2),
+        head="head", clip_len=32, frame_stride=2),  # torchvision fixes its stochastic depth at 0.1
 )}
 
 
@@ -164,7 +166,8 @@ def get_backbone_spec(name: str) -> BackboneSpec:
 
 def build_backbone(spec: BackboneSpec, *, clip_len: int | None = None, crop_size: int | None = None,
                    pretrained: str | None = None, weights: str | None = None,
-                   on_missing_weights: str = "error", model_dir: str | None = None) -> tuple[nn.Module, int]:
+                   on_missing_weights: str = "error", model_dir: str | None = None,
+                   drop_path: float | None = None) -> tuple[nn.Module, int]:
     """Build the library model, load weights strictly, make pooling geometry-free, drop the head.
 
     Returns (backbone, D): `backbone(x)` gives pooled features [B, D] (SlowFast takes [slow, fast]).
@@ -173,6 +176,8 @@ def build_backbone(spec: BackboneSpec, *, clip_len: int | None = None, crop_size
     on_missing_weights: "error" raises WeightsUnavailableError when the weights cannot be fetched;
         "random" logs a loud warning and keeps the random init.
     clip_len/crop_size: checked against fixed-geometry models; other models accept any geometry.
+    drop_path: the stochastic depth rate of the backbones that have it (spec.drop_path_arg; None: the library's
+        default, which is 0.2 for mvit_v2_s and 0 for mvit_base_16x4; swin3d_t has a fixed 0.1).
     """
     clip_len = spec.clip_len if clip_len is None else clip_len
     crop_size = spec.crop_size if crop_size is None else crop_size
@@ -183,7 +188,10 @@ def build_backbone(spec: BackboneSpec, *, clip_len: int | None = None, crop_size
     if on_missing_weights not in ON_MISSING_WEIGHTS:
         raise ValueError(f"on_missing_weights={on_missing_weights!r}; allowed: {ON_MISSING_WEIGHTS}")
 
-    model = spec.builder()
+    problem = drop_path_problem(spec, drop_path)
+    if problem:
+        raise ConfigError([problem])
+    model = spec.builder(**({spec.drop_path_arg: drop_path} if drop_path is not None else {}))
     source, check_hash = weights, True
     if pretrained is not None:
         if spec.weights_url is None:
@@ -226,6 +234,14 @@ def geometry_problem(spec: BackboneSpec, clip_len: int, crop_size: int) -> str |
         return (f"{spec.name} only takes clip_len={spec.clip_len}, crop_size={spec.crop_size} (its positional "
                 f"embeddings are sized for them); got clip_len={clip_len}, crop_size={crop_size}")
     return None
+
+
+def drop_path_problem(spec: BackboneSpec, drop_path: float | None) -> str | None:
+    """Why `spec` cannot take this stochastic depth rate, or None when it can."""
+    if drop_path is None or spec.drop_path_arg is not None:
+        return None
+    having = sorted(s.name for s in BACKBONES.values() if s.drop_path_arg)
+    return f"model.drop_path: {spec.name} has no stochastic depth (backbones with it: {', '.join(having)})"
 
 
 def _check_geometry(spec: BackboneSpec, clip_len: int, crop_size: int) -> None:

@@ -98,12 +98,13 @@ class FeatureExtractor(nn.Module):
 def build_classifier(name: str, num_classes: int, *, clip_len: int | None = None,
                      crop_size: int | None = None, pretrained: str | None = None,
                      weights: str | None = None, on_missing_weights: str = "error",
-                     dropout: float = 0.5, model_dir: str | None = None) -> VideoClassifier:
+                     dropout: float = 0.5, model_dir: str | None = None,
+                     drop_path: float | None = None) -> VideoClassifier:
     """A zoo backbone (see build_backbone for the weight arguments) with a fresh num_classes head."""
     spec = get_backbone_spec(name)
     backbone, dim = build_backbone(spec, clip_len=clip_len, crop_size=crop_size, pretrained=pretrained,
                                    weights=weights, on_missing_weights=on_missing_weights,
-                                   model_dir=model_dir)
+                                   model_dir=model_dir, drop_path=drop_path)
     model = VideoClassifier(backbone, dim, num_classes, dropout=dropout, slowfast_alpha=spec.slowfast_alpha,
                             mean=spec.mean, std=spec.std)
     model.backbone_name = name
