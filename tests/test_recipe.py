@@ -141,3 +141,17 @@ def test_deterministic_sets_what_cuda_needs(tmp_path, tiny_motion_dataset, monke
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[:2]
         torch.use_deterministic_algorithms(before[2], warn_only=before[3])
+
+
+def test_several_clips_per_training_video_train_and_recompute_batchnorm(tmp_path, tiny_motion_dataset):
+    """data.train_clips=2: batches [B, 2, C, T, H, W], each clip an example (labels repeated), precise BN too."""
+    recipe = make_recipe(tmp_path, tiny_motion_dataset, "train.epochs=1", "data.train_clips=2",
+                         "train.precise_bn_batches=2", "train.max_steps_per_epoch=2")
+    recipe.setup()
+    batch = next(iter(recipe.train_loader))
+    assert batch["video"].shape[:2] == (4, 2) and recipe.step_options.multi_view
+    summary = recipe.fit()
+    assert summary["epochs_run"] == 1 and recipe.state.step == 2
+    assert recipe.state.history[-1]["train_loss"] > 0 and "val_top1" in recipe.state.history[-1]
+    with pytest.raises(ValueError, match="the linear probe trains on the evaluation views"):
+        load_config(None, ["data.root=x", "data.train_clips=2", "train.linear_probe=true"])

@@ -48,6 +48,8 @@ class DataConfig:
     worker_nice: int | None = None  # workers' nice level (0-19); null: 19 when training on the CPU, 0 on CUDA
     persistent_workers: bool = True  # workers start once per run, not once per epoch (see data/loaders.py)
     eval_clips: int = 3             # temporal clips per video at validation (video-level accuracy)
+    train_clips: int = 1            # random clips per training video and step, decoded in one pass, each with its
+                                    # own augmentation (PySlowFast AUG.NUM_SAMPLE): a step sees batch_size x this
     eval_crops: int = 1             # 1 (centre) or 3 spatial crops
     decoder: str = "auto"           # auto | decord | pyav
     balanced_sampler: bool = False  # draw classes uniformly (for imbalanced data)
@@ -241,6 +243,9 @@ def validate(cfg: Config) -> list[str]:
     if t.ema_decay and t.linear_probe and t.cache_features and t.probe_solver == "lbfgs":
         problems.append("train.ema_decay averages the weights of gradient steps: the lbfgs probe solves the head "
                         "exactly (set train.ema_decay=0, or train.probe_solver=sgd)")
+    if cfg.train.linear_probe and cfg.data.train_clips > 1:
+        problems.append("data.train_clips: the linear probe trains on the evaluation views (data.eval_clips x "
+                        "data.eval_crops); set data.train_clips=1")
     if cfg.train.linear_probe and cfg.freeze.unfreeze.every:
         problems.append("train.linear_probe keeps the whole backbone frozen: freeze.unfreeze.every must be 0")
     weights_problem = weights_source_problem(cfg.model.pretrained, cfg.model.weights)

@@ -13,7 +13,7 @@ _RANGES = (
     ("data.val_fraction", 0, 1, "[)"), ("data.test_fraction", 0, 1, "[)"), ("data.decode_timeout", 0, None, "()"),
     ("data.clip_len", 1, None, "[]"), ("data.frame_stride", 1, None, "[]"), ("data.crop_size", 1, None, "[]"),
     ("data.short_side", 1, None, "[]"), ("data.prefetch_factor", 1, None, "[]"),
-    ("data.worker_nice", 0, 19, "[]"),
+    ("data.worker_nice", 0, 19, "[]"), ("data.train_clips", 1, None, "[]"),
     ("model.dropout", 0, 1, "[)"), ("model.drop_path", 0, 1, "[)"),
     ("freeze.stages", -1, None, "[]"),
     ("optim.lr", 0, None, "()"), ("optim.backbone_lr", 0, None, "[]"), ("optim.layer_decay", 0, 1, "(]"),

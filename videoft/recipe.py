@@ -288,7 +288,8 @@ class FineTuneRecipe:
                    "worker_nice": d.worker_nice}
         self.train_loader = build_train_loader(
             self.splits["train"], self.pre, batch_size=per_rank_batch, seed=cfg.seed, hflip=d.hflip,
-            scale_jitter=d.scale_jitter, balanced=d.balanced_sampler, fixed_views=probe_views, **workers)
+            scale_jitter=d.scale_jitter, balanced=d.balanced_sampler, fixed_views=probe_views,
+            train_clips=d.train_clips, **workers)
         self.val_loader = None
         if self.splits.get("val"):
             self.val_loader = build_eval_loader(
@@ -343,7 +344,7 @@ class FineTuneRecipe:
             accum_steps=o.accum_steps, grad_clip=o.grad_clip, amp_dtype=self.amp_dtype,
             label_smoothing=o.label_smoothing, class_weights=class_weights, mixup_alpha=o.mixup_alpha,
             cutmix_alpha=o.cutmix_alpha, channels_last=self.channels_last,
-            max_steps=cfg.train.max_steps_per_epoch, multi_view=cfg.train.linear_probe)
+            max_steps=cfg.train.max_steps_per_epoch, multi_view=cfg.train.linear_probe or cfg.data.train_clips > 1)
 
     def lr_at(self, step: int) -> float:
         """The LR factor at a global optimizer step (warm-up, then cosine)."""

@@ -348,3 +348,27 @@ def test_dataloader_workers_same_samples_and_failures_reported(samples, bad_file
     videos_e1, _, _ = _run_loader(ds, num_workers=2)
     assert not torch.equal(videos_e1, videos2)
 
+
+
+def test_several_training_clips_come_from_one_decode_each_from_its_own_start(make_video, monkeypatch):
+    """data.train_clips=3: one get_frames call over the union of three random clips; each clip holds the frames
+    of its own start (frame t shows frame_value(t)), transformed on its own."""
+    path = make_video(num_frames=60, width=32, height=32)
+    ds = VideoClipDataset([VideoSample(str(path), 0)], clip_len=4, stride=2, train=True, short_side=None,
+                          transform=lambda x: x.permute(3, 0, 1, 2), train_clips=3, seed=1)  # [C, T, H, W]
+    readers = []
+    monkeypatch.setattr(ds, "open", lambda p: readers.append(RecordingReader(VideoReader(p))) or readers[-1])
+    video = ds[0]["video"]
+    assert video.shape == (3, 3, 4, 32, 32)  # [K, C, T, H, W]
+    values = [frame_value(t) for t in range(60)]
+    starts = []
+    for clip in video:
+        seen = clip[:, :, 16, 16].float().mean(0).round().tolist()
+        starts.append(values.index(seen[0]))
+        assert seen == [values[starts[-1] + 2 * i] for i in range(4)]
+    assert len(set(starts)) == 3
+    clips = [[s + 2 * i for i in range(4)] for s in starts]
+    assert readers[0].calls == [union_indices(clips)[0]]  # one pass over the union
+    # one clip (the default) keeps its single-clip decode and shape
+    ds.train_clips = 1
+    assert ds[0]["video"].shape == (3, 4, 32, 32) and readers[-1].calls == [[starts[0] + 2 * i for i in range(4)]]

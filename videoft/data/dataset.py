@@ -281,8 +281,9 @@ def decode_views(reader: VideoReader, *, clip_len: int, stride: int, num_clips: 
 class VideoClipDataset(Dataset):
     """Clips of labelled videos, decoded on demand.
 
-    Training (`train=True`): one random clip per video; a video that fails to decode is
-    reported in the sample's `failures` and another video is drawn in its place.
+    Training (`train=True`): one random clip per video, or `train_clips` random clips decoded in one pass
+    over their union, each transformed on its own ([train_clips, C, T, H, W]); a video that fails to decode
+    is reported in the sample's `failures` and another video is drawn in its place.
     Evaluation: `num_clips` clips spread over the whole video, decoded in one pass, each
     transformed into 1 or 3 crops; a failure gives `valid=False` and the reason.
 
@@ -298,8 +299,9 @@ class VideoClipDataset(Dataset):
     def __init__(self, samples: Sequence[VideoSample], *, clip_len: int, stride: int, train: bool,
                  transform: Callable[[torch.Tensor], torch.Tensor], short_side: int | None,
                  num_clips: int = 1, backend: str = "auto", seed: int = 0, max_retries: int = 20,
-                 decode_timeout: float | None = None):
+                 decode_timeout: float | None = None, train_clips: int = 1):
         self.samples = list(samples)
+        self.train_clips = train_clips
         self.clip_len, self.stride, self.train = clip_len, stride, train
         self.transform, self.short_side, self.num_clips = transform, short_side, num_clips
         self.backend, self.seed, self.max_retries = backend, seed, max_retries
@@ -330,13 +332,17 @@ class VideoClipDataset(Dataset):
             sample = self.samples[current]
             try:
                 reader = self.open(sample.path)
-                frames = reader.get_frames(train_clip_indices(reader.info.num_frames, self.clip_len, self.stride,
-                                                              rng, span=sample.frame_range(reader)))
+                span = sample.frame_range(reader)
+                clips = [train_clip_indices(reader.info.num_frames, self.clip_len, self.stride, rng, span=span)
+                         for _ in range(self.train_clips)]
+                needed, positions = union_indices(clips)
+                frames = reader.get_frames(needed if self.train_clips > 1 else clips[0])
                 with torch.random.fork_rng(devices=[]):
                     # the generator's own seeding: torch.manual_seed also records a stack trace (59 us a call
                     # against 1 us)
                     torch.default_generator.manual_seed(rng.getrandbits(63))
-                    video = self.transform(frames)
+                    video = self.transform(frames) if self.train_clips == 1 else torch.stack(
+                        [self.transform(frames[list(pos)]) for pos in positions])  # [K, C, T, H, W]
                 return Item(video=video, label=sample.label, index=current, valid=True, frame_indices=None,
                             failures=failures)
             except VideoDecodeError as err:

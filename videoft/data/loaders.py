@@ -89,8 +89,9 @@ def build_train_loader(samples: Sequence[VideoSample], pre: Preprocessing, *, ba
                        balanced: bool = False, fixed_views: tuple[int, int] | None = None,
                        persistent_workers: bool = True, prefetch_factor: int | None = None,
                        start_method: str | None = None, decode_timeout: float | None = None,
-                       worker_nice: int | None = None) -> DataLoader:
-    """One random clip per video and epoch (epoch-seeded TrainSampler, sharded over ranks).
+                       worker_nice: int | None = None, train_clips: int = 1) -> DataLoader:
+    """One random clip per video and epoch (epoch-seeded TrainSampler, sharded over ranks), or `train_clips` of
+    them from one decode (batches [B, train_clips, C, T, H, W]).
 
     batch_size: per rank. fixed_views=(clips, crops): the deterministic evaluation views
     instead (linear probe: a frozen backbone's output for them never changes).
@@ -105,7 +106,7 @@ def build_train_loader(samples: Sequence[VideoSample], pre: Preprocessing, *, ba
                                    **common)
     else:
         dataset = VideoClipDataset(samples, train=True, transform=pre.train_transform(
-            hflip=hflip, scale_jitter=scale_jitter), **common)
+            hflip=hflip, scale_jitter=scale_jitter), train_clips=train_clips, **common)
     sampler = TrainSampler([s.label for s in samples], seed=seed, balanced=balanced, rank=rank,
                            world_size=world_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_options(

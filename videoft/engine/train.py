@@ -32,7 +32,8 @@ class StepOptions:
     cutmix_alpha: float = 0.0
     channels_last: bool = False
     max_steps: int | None = None             # optimizer steps per epoch (smoke tests)
-    multi_view: bool = False                 # batches are [B, V, ...]: every view is an example (linear probe)
+    multi_view: bool = False                 # batches are [B, V, ...]: every view is an example (linear probe,
+                                             # data.train_clips > 1)
 
 
 @dataclass
@@ -271,6 +272,8 @@ def recompute_bn_stats(model: torch.nn.Module, loader, *, num_batches: int, devi
         video = batch["video"][batch["valid"]]
         if video.numel() == 0:
             continue
+        if video.dim() == 6:  # several clips per video (data.train_clips): [B, K, ...] -> [B * K, ...]
+            video = video.flatten(0, 1)
         video = video.to(device, non_blocking=True)
         if channels_last and video.dim() == 5:
             video = video.contiguous(memory_format=torch.channels_last_3d)
