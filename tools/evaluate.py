@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gallery-correct", type=int, default=caps.correct_per_class,
                    help="report.html: least confident correct videos shown per class")
     p.add_argument("--no-gallery", action="store_true", help="report.html without thumbnails")
+    p.add_argument("--online", action="store_true", help="a train.ema_decay run's trained weights (kept in its "
+                   "checkpoints beside their average, with the BatchNorm statistics its validation gave them) "
+                   "instead of the average: does the average pay on this data?")
     args = p.parse_args(argv)
     bad = [f"--{k.replace('_', '-')} must be >= {low}, got {v}" for k, low, v in
            (("clips", 1, args.clips), ("batch_size", 1, args.batch_size), ("workers", 0, args.workers),
@@ -126,7 +129,8 @@ def build_report(args: argparse.Namespace, pred: Predictions, samples: list[Vide
     """report.json's content and the per-video predictions (see videoft.engine.report.REPORT_KEYS)."""
     metrics = summarize(pred, classes, n_boot=args.bootstrap)
     report = {
-        "checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
+        "checkpoint": str(args.checkpoint) + (" (--online: the trained weights, not their average)" if args.online
+                                              else ""), "data": str(args.data), "split": args.split,
         "num_videos": len(pred.indices), "num_failed": len(pred.failures),
         "failed": [{"path": p, "reason": r} for p, r in pred.failures],
         "clip_level": metrics["clip_level"], "video_level": metrics["video_level"],
@@ -167,7 +171,7 @@ def build_gallery(report: dict, predictions: list[dict], args: argparse.Namespac
 
 def evaluate(args: argparse.Namespace, dist) -> Path | None:
     """Evaluate on every rank; rank 0 writes the report and returns its folder."""
-    model, ckpt = load_model(args.checkpoint, dist.device)
+    model, ckpt = load_model(args.checkpoint, dist.device, online=args.online)
     pre, classes = ckpt.preprocessing, ckpt.classes
     num_clips = args.clips or ckpt.config.data.eval_clips
     samples = read_samples(args.data, args.split, classes, Path(args.checkpoint).parent / "splits.json")

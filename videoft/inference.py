@@ -38,15 +38,23 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     return device
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[VideoClassifier, RunCheckpoint]:
+def load_model(path: str | Path, device: str | torch.device = "cpu", *, online: bool = False
+               ) -> tuple[VideoClassifier, RunCheckpoint]:
     """The classifier of a videoft checkpoint (eval mode on `device`) and the checkpoint; CheckpointError in
-    one line when `path` is not a videoft checkpoint or its weights do not fit."""
+    one line when `path` is not a videoft checkpoint or its weights do not fit. online: the trained weights
+    of a train.ema_decay run (kept beside their average in its checkpoints) instead of the average."""
     ckpt = read_run_checkpoint(path)
+    weights = ckpt.model
+    if online:
+        if ckpt.training is None or not ckpt.training.online_model:
+            raise CheckpointError(f"{path}: holds no trained weights beside an average (only the checkpoints of a "
+                                  "train.ema_decay run do)")
+        weights = ckpt.training.online_model
     pre = ckpt.preprocessing
     model = build_classifier(ckpt.backbone, ckpt.num_classes, clip_len=pre.clip_len, crop_size=pre.crop_size,
                              pretrained=None, weights=None, dropout=ckpt.config.model.dropout)
     try:
-        model.load_state_dict(ckpt.model)  # strict: a checkpoint that does not fit is an error
+        model.load_state_dict(weights)  # strict: a checkpoint that does not fit is an error
     except RuntimeError as err:
         raise CheckpointError(f"{path}: its weights do not fit a {ckpt.backbone} classifier with "
                          f"{ckpt.num_classes} classes ({str(err).splitlines()[0]})") from None

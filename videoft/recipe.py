@@ -17,7 +17,6 @@ import random
 import shutil
 import sys
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -428,6 +427,7 @@ class FineTuneRecipe:
                     metrics = self.validate(epoch)
                     row.update({f"val_{k}": metrics[k] for k in ("loss", "top1", "mean_class_accuracy", "video_top1",
                                                                  "video_mean_class_accuracy")})
+                    row.update({f"val_{k}": v for k, v in metrics.items() if k.startswith("online_")})
                     improved = self.record_best(metrics[cfg.train.best_metric], epoch)
                     logger.confusion(metrics, state.step)
                 state.history.append(row)
@@ -536,17 +536,28 @@ class FineTuneRecipe:
         the two curves that keeps growing is overfitting rather than regularisation.
         The predictions reach rank 0 only; rank 0 computes the metrics and sends every rank the
         scalars that decisions depend on (best checkpoint, early stopping), so all ranks decide alike.
+        With train.ema_decay the metrics are the average's; the trained weights are validated first, as a run
+        without EMA validates them (their scalars as `online_<name>`: is the average paying on this data?).
         """
+        if self.ema is None:
+            return self.validate_weights(epoch)
+        online = self.validate_weights(epoch)  # precise BN leaves its statistics in the trained weights (last.pt)
+        with held_in(self.raw_model, self.ema):
+            metrics = self.validate_weights(epoch)
+        metrics.update({f"online_{k}": v for k, v in online.items() if k not in DETAILED_METRICS})
+        return metrics
+
+    def validate_weights(self, epoch: int) -> dict:
+        """`validate` for the weights the model holds now."""
         cfg, dist = self.cfg, self.dist
-        with held_in(self.raw_model, self.ema) if self.ema is not None else nullcontext():
-            if cfg.train.precise_bn_batches and not cfg.train.linear_probe:
-                self.train_loader.sampler.set_epoch(epoch)  # the epoch's first batches, also after a mid-epoch resume
-                recompute_bn_stats(self.raw_model, self.train_loader, num_batches=cfg.train.precise_bn_batches,
-                                   device=dist.device, amp_dtype=self.amp_dtype, channels_last=self.channels_last)
-                sync_bn_stats(self.raw_model)  # every rank saw its own shard: average so the ranks stay identical
-            pred = predict(self.raw_model, self.val_loader, device=dist.device, num_clips=cfg.data.eval_clips,
-                           num_crops=cfg.data.eval_crops, amp_dtype=self.amp_dtype,
-                           channels_last=self.channels_last, show_progress=dist.is_main, desc="validate")
+        if cfg.train.precise_bn_batches and not cfg.train.linear_probe:
+            self.train_loader.sampler.set_epoch(epoch)  # the epoch's first batches, also after a mid-epoch resume
+            recompute_bn_stats(self.raw_model, self.train_loader, num_batches=cfg.train.precise_bn_batches,
+                               device=dist.device, amp_dtype=self.amp_dtype, channels_last=self.channels_last)
+            sync_bn_stats(self.raw_model)  # every rank saw its own shard: average so the ranks stay identical
+        pred = predict(self.raw_model, self.val_loader, device=dist.device, num_clips=cfg.data.eval_clips,
+                       num_crops=cfg.data.eval_crops, amp_dtype=self.amp_dtype,
+                       channels_last=self.channels_last, show_progress=dist.is_main, desc="validate")
         metrics = None
         if pred is not None:
             for path, reason in pred.failures:

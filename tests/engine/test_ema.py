@@ -9,6 +9,8 @@ from tests.test_recipe import make_recipe
 from videoft.checkpoint import read_run_checkpoint
 from videoft.config import ConfigError, load_config
 from videoft.engine.ema import build_ema, held_in
+from videoft.errors import CheckpointError
+from videoft.inference import load_model
 
 pytestmark = pytest.mark.usefixtures("restore_threads")
 
@@ -69,9 +71,21 @@ def test_a_run_validates_and_saves_the_average_and_resumes_both(tmp_path, tiny_m
         pred = predict(recipe.raw_model, recipe.val_loader, device=torch.device("cpu"), num_clips=2, num_crops=1,
                        show_progress=False)
         return cross_entropy(pred.clip_probs, pred.labels)
-    recorded = recipe.state.history[-1]["val_loss"]
-    assert val_loss(ckpt.model) == pytest.approx(recorded, rel=1e-5)
-    assert val_loss(ckpt.training.online_model) != pytest.approx(recorded, rel=1e-3)
+    row = recipe.state.history[-1]
+    assert val_loss(ckpt.model) == pytest.approx(row["val_loss"], rel=1e-5)
+    # the trained weights were validated too, as a run without EMA would (their precise-BN statistics are saved)
+    assert val_loss(ckpt.training.online_model) == pytest.approx(row["val_online_loss"], rel=1e-5)
+    assert row["val_online_loss"] != pytest.approx(row["val_loss"], rel=1e-3)
+    assert {"val_online_top1", "val_online_video_top1"} <= row.keys()
+    # tools/evaluate.py --online reads them; a checkpoint without them says so
+    model, _ = load_model(recipe.out_dir / "last.pt", online=True)
+    assert all(torch.equal(v, ckpt.training.online_model[k]) for k, v in model.state_dict().items())
+    (tmp_path / "plain").mkdir()
+    plain = make_recipe(tmp_path / "plain", tiny_motion_dataset, "train.epochs=1", "train.max_steps_per_epoch=1")
+    plain.setup()
+    plain.fit()
+    with pytest.raises(CheckpointError, match="holds no trained weights beside an average"):
+        load_model(plain.out_dir / "last.pt", online=True)
 
     # epoch 2 resumed from last.pt ends where two epochs in one run end: trained weights and average alike
     assert ckpt.training.epoch == 1

@@ -34,6 +34,9 @@ class RunLogger:
             parts += [f"val loss {row.get('val_loss', math.nan):.4f}", f"val top1 {row['val_top1']:.3f}",
                       f"mean-class {row['val_mean_class_accuracy']:.3f}",
                       f"video top1 {row['val_video_top1']:.3f}"]
+            if "val_online_video_top1" in row:  # train.ema_decay: the trained weights beside their average
+                parts += [f"trained weights: val top1 {row['val_online_top1']:.3f}, video top1 "
+                          f"{row['val_online_video_top1']:.3f}"]
         parts += [f"lr {row['lr']:.2e}", f"{row['clips_per_s']:.1f} clips/s"]
         log.info(" | ".join(parts))
         with open(self.out_dir / "metrics.jsonl", "a") as f:
