@@ -23,6 +23,7 @@ def test_quick_suite_produces_every_figure(tmp_path):
     names = [f["figure"] for f in result["figures"]]
     for dataset in ("320x240 GOP 16", "1280x720 GOP 16"):
         for figure in ("training sampling vs pytorchvideo", "training sampling vs decode lower bound",
+                       "training sampling, 2 clips per video decode (data.train_clips=2) vs 1",
                        "10-clip eval sampling vs pytorchvideo", *(f"prepared {fmt} vs raw, training sampling"
                                                                   for fmt in ("h264", "mjpeg", "jpeg", "uint8"))):
             assert f"{dataset}: {figure}" in names

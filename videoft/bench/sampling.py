@@ -48,9 +48,10 @@ class Setup:
         return Preprocessing(self.clip_len, self.stride, self.crop, self.short_side, (0.45,) * 3, (0.225,) * 3)
 
 
-def videoft_train(samples: Sequence[VideoSample], s: Setup) -> DataLoader:
-    return build_train_loader(samples, s.pre, batch_size=s.batch, num_workers=s.workers, seed=0,
-                              persistent_workers=False)
+def videoft_train(samples: Sequence[VideoSample], s: Setup, train_clips: int = 1) -> DataLoader:
+    """train_clips > 1: that many clips per video from one decode, batch_size / train_clips videos a batch."""
+    return build_train_loader(samples, s.pre, batch_size=max(1, s.batch // train_clips), num_workers=s.workers,
+                              seed=0, persistent_workers=False, train_clips=train_clips)
 
 
 def videoft_eval(samples: Sequence[VideoSample], s: Setup) -> DataLoader:
