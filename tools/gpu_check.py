@@ -4,6 +4,7 @@
     python tools/gpu_check.py                      # needs CUDA; without it, says so and exits 0
     python tools/gpu_check.py --work-dir /tmp/gc --keep
     python tools/gpu_check.py --cpu-rehearsal      # the same steps on the CPU with gloo (tests the script itself)
+    python tools/gpu_check.py --only feeding --feeding-data DIR   # one check; the loader fed by real videos
 
 The checks, in order; a failure is reported and the others still run; the exit status is 1 if
 any failed, and a summary table ends the output:
