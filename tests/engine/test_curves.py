@@ -57,3 +57,18 @@ def test_curves_draw_val_loss_only_when_there_is_one(tmp_path):
     assert with_val.shape == without.shape
     left = slice(0, with_val.shape[1] // 2)  # the loss panel: an extra line and legend entry
     assert np.abs(with_val[:, left] - without[:, left]).sum() > 100
+
+
+def test_curves_draw_the_trained_weights_beside_their_average_when_there_is_one(tmp_path):
+    """train.ema_decay: both panels get the trained weights' validation (val_online_*) beside the average's."""
+    import matplotlib.image as mpimg
+
+    rows = _rows()
+    ema = [{**r, "val_online_loss": r["val_loss"] + 0.3, "val_online_top1": 0.3, "val_online_video_top1": 0.35}
+           for r in rows]
+    write_curves(rows, tmp_path / "plain.png")
+    write_curves(ema, tmp_path / "ema.png")
+    plain, with_ema = mpimg.imread(tmp_path / "plain.png"), mpimg.imread(tmp_path / "ema.png")
+    half = plain.shape[1] // 2
+    assert np.abs(with_ema[:, :half] - plain[:, :half]).sum() > 100  # loss panel
+    assert np.abs(with_ema[:, half:] - plain[:, half:]).sum() > 100  # accuracy panel

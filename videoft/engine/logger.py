@@ -99,16 +99,24 @@ def write_curves(history: list[dict], path: str | Path) -> None:
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ema = any("val_online_loss" in r for r in history)  # train.ema_decay: validation of the average and the weights
+    of = ", average" if ema else ""
     val_loss = [(r["epoch"], r["val_loss"]) for r in history if not math.isnan(r.get("val_loss", math.nan))]
     if val_loss:
-        ax_loss.plot([v[0] for v in val_loss], [v[1] for v in val_loss], "s-", label="val (clip)")
+        ax_loss.plot([v[0] for v in val_loss], [v[1] for v in val_loss], "s-", label=f"val (clip{of})")
+    online = [(r["epoch"], r["val_online_loss"], r["val_online_video_top1"]) for r in history
+              if "val_online_loss" in r]
+    if online:
+        ax_loss.plot([v[0] for v in online], [v[1] for v in online], "s:", label="val (clip, trained weights)")
     ax_loss.set_title("loss (cross-entropy)")
     ax_acc.plot(epochs, [r["train_acc"] for r in history], "o-", label="train (clip)")
     val = [(r["epoch"], r["val_top1"], r["val_video_top1"]) for r in history
            if "val_top1" in r and not math.isnan(r["val_top1"])]
     if val:
-        ax_acc.plot([v[0] for v in val], [v[1] for v in val], "s-", label="val (clip)")
-        ax_acc.plot([v[0] for v in val], [v[2] for v in val], "^--", label="val (video)")
+        ax_acc.plot([v[0] for v in val], [v[1] for v in val], "s-", label=f"val (clip{of})")
+        ax_acc.plot([v[0] for v in val], [v[2] for v in val], "^--", label=f"val (video{of})")
+    if online:
+        ax_acc.plot([v[0] for v in online], [v[2] for v in online], "^:", label="val (video, trained weights)")
     ax_acc.set_ylim(0, 1.02)
     ax_acc.set_title("accuracy")
     for ax in (ax_loss, ax_acc):
