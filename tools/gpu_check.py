@@ -96,8 +96,9 @@ GPU_SIZES = {"per_class": (16, 4, 4), "frame": (160, 120), "overrides": ["data.n
              "throughput": [("x3d_xs", None, None, 16), ("slow_r50", None, None, 8)], "steps": 20, "warmup": 3,
              "feeding": {"videos": 32, "frames": 150, "width": 320, "height": 240, "steps": 20, "repeats": 2,
                          "formats": ("h264", "jpeg", "uint8"), "workers": max(1, (os.cpu_count() or 2) - 2),
+                         "short_side": 182, "batch": 32,
                          "overrides": ["model.backbone=x3d_s", "data.clip_len=13", "data.frame_stride=6",
-                                       "data.crop_size=160", "data.short_side=182", "data.batch_size=32"]},
+                                       "data.crop_size=160"]},
              "step_formats": [("x3d_s", 16), ("r2plus1d_18", 16), ("s3d", 8), ("slow_r50", 8), ("mvit_base_16x4", 4)],
              "format_steps": 10}
 CPU_SIZES = {"per_class": (3, 2, 2), "frame": (64, 48),
@@ -105,9 +106,9 @@ CPU_SIZES = {"per_class": (3, 2, 2), "frame": (64, 48),
                            "data.batch_size=4", "data.num_workers=0", "data.eval_clips=2", "train.threads=1"],
              "throughput": [("x3d_xs", 4, 32, 2), ("s3d", 8, 32, 2)], "steps": 2, "warmup": 1,
              "feeding": {"videos": 4, "frames": 24, "width": 64, "height": 48, "steps": 2, "repeats": 1,
-                         "formats": ("h264", "uint8"), "workers": 1,
+                         "formats": ("h264", "uint8"), "workers": 1, "short_side": 40, "batch": 2,
                          "overrides": ["model.backbone=x3d_xs", "data.clip_len=4", "data.frame_stride=2",
-                                       "data.crop_size=32", "data.short_side=40", "data.batch_size=2"]},
+                                       "data.crop_size=32"]},
              "step_formats": [("x3d_xs", 2)], "step_geometry": (4, 32), "format_steps": 1}
 
 
@@ -282,8 +283,7 @@ def check_feeding(ctx: Context) -> str:
     src = ctx.feeding_data or generate_videos(root / "src", f["videos"], width=f["width"], height=f["height"],
                                               gop=250, frames=f["frames"])
     videos = sum(1 for d in src.iterdir() if d.is_dir() for _ in d.iterdir())
-    short = int(next(o for o in f["overrides"] if o.startswith("data.short_side=")).split("=")[1])
-    batch = int(next(o for o in f["overrides"] if o.startswith("data.batch_size=")).split("=")[1])
+    short, batch = f["short_side"], f["batch"]
     sources = {"raw": src}
     for fmt in f["formats"]:
         summary = prepare_dataset(src, root / fmt, PrepareParams(format=fmt, short_side=short),
@@ -296,7 +296,8 @@ def check_feeding(ctx: Context) -> str:
     for label, folder in sources.items():
         view = _widen(folder, root / f"view-{label.split()[-1]}", copies)
         r = end_to_end(view, steps=f["steps"], repeats=f["repeats"], device=device,
-                       overrides=(*f["overrides"], f"data.num_workers={f['workers']}"))
+                       overrides=(*f["overrides"], f"data.short_side={short}", f"data.batch_size={batch}",
+                                  f"data.num_workers={f['workers']}"))
         results[label] = r
         lines.append(f"{label}: end to end {r['end_to_end']['median']:.0f} clips/s vs compute only "
                      f"{r['compute_only']['median']:.0f} ({r['ratio']:.2f}x; {r['step_format']})")

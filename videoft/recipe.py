@@ -49,7 +49,7 @@ from videoft.engine.distributed import (
     sync_bn_stats,
 )
 from videoft.engine.ema import build_ema, held_in
-from videoft.engine.evaluate import centre_view_index, predict, predict_from_features, summarize
+from videoft.engine.evaluate import Predictions, centre_view_index, predict, predict_from_features, summarize
 from videoft.engine.features import cache_eval_features, cache_features
 from videoft.engine.logger import RunLogger
 from videoft.engine.metrics import cross_entropy
@@ -73,6 +73,14 @@ from videoft.preflight import audit_splits, check_run
 log = logging.getLogger("videoft")
 EpochHook = Callable[[dict], bool]  # per-epoch callback of FineTuneRecipe.fit: history row in, "stop now?" out
 DETAILED_METRICS = ("clip_level", "video_level")  # per-class tables: rank 0 only (the logger's confusion matrix)
+VAL_COLUMNS = ("loss", "top1", "mean_class_accuracy", "video_top1", "video_mean_class_accuracy")
+
+
+def val_columns(metrics: dict) -> dict:
+    """A history row's validation columns: `val_<name>`, and `val_online_<name>` for the trained weights of an
+    EMA run."""
+    return {**{f"val_{k}": metrics[k] for k in VAL_COLUMNS},
+            **{f"val_{k}": v for k, v in metrics.items() if k.startswith("online_")}}
 
 def resolve_preprocessing(cfg: Config, spec: BackboneSpec) -> Preprocessing:
     """The backbone's clip geometry and normalisation, overridden key by key by the config's data section."""
@@ -425,9 +433,7 @@ class FineTuneRecipe:
                 improved = False
                 if self.val_loader is not None and self.should_validate(epoch):
                     metrics = self.validate(epoch)
-                    row.update({f"val_{k}": metrics[k] for k in ("loss", "top1", "mean_class_accuracy", "video_top1",
-                                                                 "video_mean_class_accuracy")})
-                    row.update({f"val_{k}": v for k, v in metrics.items() if k.startswith("online_")})
+                    row.update(val_columns(metrics))
                     improved = self.record_best(metrics[cfg.train.best_metric], epoch)
                     logger.confusion(metrics, state.step)
                 state.history.append(row)
@@ -465,8 +471,7 @@ class FineTuneRecipe:
                        "probe_grid": fit.grid, "probe_iterations": fit.iterations, "probe_seconds": fit.seconds}
                 if self.val_loader is not None:
                     metrics = self.validate_cached()
-                    row.update({f"val_{k}": metrics[k] for k in ("loss", "top1", "mean_class_accuracy",
-                                                                 "video_top1", "video_mean_class_accuracy")})
+                    row.update(val_columns(metrics))
                     logger.confusion(metrics, 0)
                 metric = self.cfg.train.best_metric
                 state.best = {"metric": metric, "value": row.get(f"val_{metric}", math.nan), "epoch": 1}
@@ -558,24 +563,27 @@ class FineTuneRecipe:
         pred = predict(self.raw_model, self.val_loader, device=dist.device, num_clips=cfg.data.eval_clips,
                        num_crops=cfg.data.eval_crops, amp_dtype=self.amp_dtype,
                        channels_last=self.channels_last, show_progress=dist.is_main, desc="validate")
-        metrics = None
-        if pred is not None:
-            for path, reason in pred.failures:
-                self.state.failures[path] = reason
-            metrics = {**summarize(pred, self.classes), "loss": cross_entropy(pred.clip_probs, pred.labels)}
-        scalars = broadcast_from_main({k: v for k, v in (metrics or {}).items() if k not in DETAILED_METRICS})
-        return metrics if metrics is not None else scalars
+        for path, reason in pred.failures if pred is not None else []:
+            self.state.failures[path] = reason
+        return self.shared_metrics(pred)
 
     def validate_cached(self) -> dict:
         """`validate` for the solved linear probe: the head on the validation views' cached features (the
         backbone is frozen, so they are what decoding the videos again would give); same return as validate."""
-        metrics = None
+        pred = None
         if self.dist.is_main:
             store = self.val_features
             x, y = store.arrays([s.label for s in self.splits["val"]])
             pred = predict_from_features(
                 self.raw_model.head, x, y, store.indices().tolist(), device=self.dist.device,
                 centre_view=centre_view_index(self.cfg.data.eval_clips, self.cfg.data.eval_crops))
+        return self.shared_metrics(pred)
+
+    def shared_metrics(self, pred: Predictions | None) -> dict:
+        """Rank 0's metrics of its predictions (clip- and video-level, the centre clip's loss); every other rank
+        gets their scalars, which are what decisions depend on."""
+        metrics = None
+        if pred is not None:
             metrics = {**summarize(pred, self.classes), "loss": cross_entropy(pred.clip_probs, pred.labels)}
         scalars = broadcast_from_main({k: v for k, v in (metrics or {}).items() if k not in DETAILED_METRICS})
         return metrics if metrics is not None else scalars

@@ -335,13 +335,13 @@ class VideoClipDataset(Dataset):
                 span = sample.frame_range(reader)
                 clips = [train_clip_indices(reader.info.num_frames, self.clip_len, self.stride, rng, span=span)
                          for _ in range(self.train_clips)]
-                needed, positions = union_indices(clips)
-                frames = reader.get_frames(needed if self.train_clips > 1 else clips[0])
+                needed, positions = union_indices(clips) if self.train_clips > 1 else (clips[0], None)
+                frames = reader.get_frames(needed)
                 with torch.random.fork_rng(devices=[]):
                     # the generator's own seeding: torch.manual_seed also records a stack trace (59 us a call
                     # against 1 us)
                     torch.default_generator.manual_seed(rng.getrandbits(63))
-                    video = self.transform(frames) if self.train_clips == 1 else torch.stack(
+                    video = self.transform(frames) if positions is None else torch.stack(
                         [self.transform(frames[list(pos)]) for pos in positions])  # [K, C, T, H, W]
                 return Item(video=video, label=sample.label, index=current, valid=True, frame_indices=None,
                             failures=failures)

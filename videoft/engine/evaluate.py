@@ -45,14 +45,14 @@ def centre_view_index(num_clips: int, num_crops: int) -> int:
 
 @torch.no_grad()
 def predict_from_features(head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor, indices: list[int], *,
-                          centre_view: int, device: torch.device, failures: list | None = None) -> Predictions:
+                          centre_view: int, device: torch.device) -> Predictions:
     """Predictions of `head` on cached per-view features [N, V, D] (a frozen backbone's, in the views' order):
     what `predict` gives for the whole model, without decoding the videos again."""
     head.eval()
     n, v = features.shape[:2]
     logits = head(features.flatten(0, 1).to(device)).float().cpu().view(n, v, -1)
     return Predictions(indices=list(indices), labels=labels.numpy(), view_probs=logits.softmax(-1).numpy(),
-                       frame_indices=[None] * n, failures=sorted(failures or []), centre_view=centre_view)
+                       frame_indices=[None] * n, centre_view=centre_view)
 
 
 @torch.no_grad()
