@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from videoft.data.dataset import VideoSample
-from videoft.data.loaders import build_train_loader, loader_options
+from videoft.data.loaders import build_eval_loader, build_train_loader, loader_options
 from videoft.data.transforms import Preprocessing
 
 PRE = Preprocessing(4, 2, 24, 28, (0.45, 0.45, 0.45), (0.225, 0.225, 0.225))
@@ -43,6 +43,18 @@ def test_persistent_workers_give_the_single_process_batches_every_epoch(samples,
     first = {i: v for idx, video in reference[0] for i, v in zip(idx, video)}
     second = {i: v for idx, video in reference[1] for i, v in zip(idx, video)}
     assert any(not torch.equal(first[i], second[i]) for i in first)
+
+
+def test_worker_eval_batches_equal_the_single_process_ones(samples):
+    """Workers stack a batch straight into shared memory (videoft.data.dataset._stack); the batches, 3 clips of
+    each video written clip by clip into one tensor, equal the single-process ones."""
+    def batches(workers: int) -> list[torch.Tensor]:
+        return [b["video"] for b in build_eval_loader(samples, PRE, num_clips=3, batch_size=2, num_workers=workers)]
+    single, workers = batches(0), batches(2)
+    assert len(single) == len(workers) == 3
+    assert all(torch.equal(a, b) for a, b in zip(single, workers))
+    assert single[0].shape == (2, 3, 3, 4, 24, 24) and single[0].dtype == torch.uint8
+    assert not torch.equal(single[0][0, 0], single[0][0, 2])  # the three clips are different frames
 
 
 def test_loader_options_pin_spawn_and_prefetch_on_cuda_only():

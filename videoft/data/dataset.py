@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TypedDict
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from videoft.data.clip_indices import FrameRange, Span, eval_clip_indices, train_clip_indices, union_indices
 from videoft.data.decode import VideoDecodeError, VideoReader
@@ -260,8 +260,14 @@ def split_summary(splits: dict[str, list[VideoSample]], classes: Sequence[str]) 
 def views_from_frames(frames: torch.Tensor, positions: Sequence[Sequence[int]],
                       transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Each clip (its positions in `frames` [N, H, W, C]) transformed into 1 or 3 crops, clip-major:
-    [clips * crops, C, T, H, W]."""
-    return torch.cat([transform(frames[list(pos)]) for pos in positions])
+    [clips * crops, C, T, H, W], written into one tensor as they are made."""
+    views = None
+    for k, pos in enumerate(positions):
+        view = transform(frames[list(pos)])  # [crops, C, T, h, w]
+        if views is None:
+            views = view.new_empty((len(positions) * len(view), *view.shape[1:]))
+        views[k * len(view):(k + 1) * len(view)] = view
+    return views
 
 
 def decode_views(reader: VideoReader, *, clip_len: int, stride: int, num_clips: int,
@@ -367,6 +373,17 @@ class VideoClipDataset(Dataset):
                         failures=[(err.path, err.reason)])
 
 
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack; in a DataLoader worker, straight into shared memory (as torch's default_collate does), so
+    the batch is not copied again to be sent."""
+    if get_worker_info() is None:
+        return torch.stack(tensors)
+    like = tensors[0]
+    storage = like._typed_storage()._new_shared(sum(t.numel() for t in tensors), device=like.device)
+    out = like.new(storage).resize_(len(tensors), *like.shape)
+    return torch.stack(tensors, out=out)
+
+
 def collate(batch: list[Item]) -> Batch:
     """Stack clips and labels; keep failures and frame indices as lists.
 
@@ -376,7 +393,7 @@ def collate(batch: list[Item]) -> Batch:
     like = next((b["video"] for b in batch if b["video"] is not None), None)
     videos = [] if like is None else [b["video"] if b["video"] is not None else torch.zeros_like(like) for b in batch]
     return Batch(
-        video=torch.stack(videos) if videos else torch.empty(0),
+        video=_stack(videos) if videos else torch.empty(0),
         label=torch.tensor([b["label"] for b in batch]),
         index=torch.tensor([b["index"] for b in batch]),
         valid=torch.tensor([b["valid"] for b in batch]),
