@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("restore_threads")
 
 def make_recipe(tmp_path: Path, data: Path, *extra: str) -> FineTuneRecipe:
     out = tmp_path / "run"
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(REPO / "configs" / "demo.yaml",
                       [f"data.root={data}", f"out_dir={out}", *TINY_TRAIN_OVERRIDES, *extra])
     return FineTuneRecipe(cfg, ONE_PROCESS, out)
@@ -155,3 +155,34 @@ def test_several_clips_per_training_video_train_and_recompute_batchnorm(tmp_path
     assert recipe.state.history[-1]["train_loss"] > 0 and "val_top1" in recipe.state.history[-1]
     with pytest.raises(ValueError, match="the linear probe trains on the evaluation views"):
         load_config(None, ["data.root=x", "data.train_clips=2", "train.linear_probe=true"])
+
+
+def test_a_probe_on_an_earlier_stage_of_another_run_saves_a_model_that_loads_and_resumes_only_so(
+        tmp_path, tiny_motion_dataset):
+    """model.feature_stage with model.init_from: the kept stages carry the other run's weights, the solved head
+    reads the stage's features, load_model rebuilds the same cut model, and a resume must keep the stage."""
+    from videoft.inference import load_model
+
+    source = make_recipe(tmp_path / "source", tiny_motion_dataset, "train.epochs=1", "train.max_steps_per_epoch=2")
+    source.setup()
+    source.fit()
+    init = source.out_dir / "last.pt"
+    probe = make_recipe(tmp_path / "probe", tiny_motion_dataset, f"model.init_from={init}", "train.linear_probe=true",
+                        "model.feature_stage=blocks.2", "train.epochs=1")
+    probe.setup()
+    assert probe.spec.stages == ("blocks.0", "blocks.1", "blocks.2")
+    assert probe.raw_model.feature_dim == 48 == probe.raw_model.head[1].in_features  # X3D's blocks.2 width
+    source_weights = read_run_checkpoint(init).model
+    probe.fit()
+    saved = read_run_checkpoint(probe.out_dir / "last.pt")
+    backbone = {k: v for k, v in saved.model.items() if k.startswith("backbone.")}
+    assert backbone and all(torch.equal(v, source_weights[k]) for k, v in backbone.items())  # frozen, carried over
+    assert not any(k.startswith("backbone.blocks.3.") for k in saved.model)
+    model, _ = load_model(probe.out_dir / "last.pt")
+    x = torch.randint(0, 256, (2, 3, 4, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(model(x), probe.raw_model.eval()(x))
+    other = make_recipe(tmp_path / "probe", tiny_motion_dataset, f"model.init_from={init}", "train.linear_probe=true",
+                        "model.feature_stage=blocks.3", "train.epochs=2", "resume=auto")
+    with pytest.raises(ValueError, match="model.feature_stage: checkpoint has 'blocks.2', config has 'blocks.3'"):
+        other.setup()

@@ -68,6 +68,9 @@ class ModelConfig:
     init_from: str | None = None    # start from another videoft checkpoint (head re-made if classes differ)
     model_dir: str | None = None    # where downloaded weights are cached (torch hub cache by default)
     drop_path: float | None = None  # stochastic depth rate (mvit_v2_s, mvit_base_16x4); None: the library default
+    feature_stage: str | None = None  # the head reads this backbone stage's pooled output (later stages dropped);
+                                      # None: the last. Earlier features can transfer better from a narrow
+                                      # pretraining (README "Transfer")
 
 
 @dataclass

@@ -52,7 +52,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, online: 
         weights = ckpt.training.online_model
     pre = ckpt.preprocessing
     model = build_classifier(ckpt.backbone, ckpt.num_classes, clip_len=pre.clip_len, crop_size=pre.crop_size,
-                             pretrained=None, weights=None, dropout=ckpt.config.model.dropout)
+                             pretrained=None, weights=None, dropout=ckpt.config.model.dropout,
+                             feature_stage=ckpt.config.model.feature_stage)
     try:
         model.load_state_dict(weights)  # strict: a checkpoint that does not fit is an error
     except RuntimeError as err:

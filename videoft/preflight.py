@@ -30,7 +30,13 @@ from videoft.data.dataset import VideoSample, group_of
 from videoft.data.transforms import Preprocessing
 from videoft.engine.distributed import DistInfo, broadcast_from_main, gather_to_main
 from videoft.errors import CheckpointError, ConfigError, DataError, UserError
-from videoft.models.backbones import BackboneSpec, drop_path_problem, geometry_problem
+from videoft.models.backbones import (
+    BackboneSpec,
+    drop_path_problem,
+    feature_stage_problem,
+    geometry_problem,
+    through_stage,
+)
 
 log = logging.getLogger("videoft")
 
@@ -88,6 +94,11 @@ def geometry_problems(cfg: Config, spec: BackboneSpec, pre: Preprocessing) -> li
     drop_path = drop_path_problem(spec, cfg.model.drop_path)
     if drop_path:
         problems.append(drop_path)
+    stage = feature_stage_problem(spec, cfg.model.feature_stage)
+    if stage:
+        problems.append(stage)
+        return problems
+    spec = through_stage(spec, cfg.model.feature_stage)
     total = len(spec.stages)
     if cfg.freeze.stages > total:
         problems.append(f"freeze.stages: {cfg.freeze.stages}, but {spec.name} has {total} stages "

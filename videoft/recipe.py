@@ -65,7 +65,7 @@ from videoft.engine.train import (
     train_one_epoch,
 )
 from videoft.errors import CheckpointError
-from videoft.models.backbones import BackboneSpec, get_backbone_spec
+from videoft.models.backbones import BackboneSpec, get_backbone_spec, through_stage
 from videoft.models.classifier import FeatureExtractor, VideoClassifier, build_classifier
 from videoft.models.freezing import UnfreezeSchedule, freeze_stages, param_groups
 from videoft.preflight import audit_splits, check_run
@@ -230,6 +230,11 @@ class FineTuneRecipe:
                                  drop_path=cfg.model.drop_path)
         if cfg.model.init_from:
             init_from_checkpoint(model, cfg.model.init_from, self.classes, ckpt=self.init_checkpoint)
+        if cfg.model.feature_stage:  # after any weights are in: the cut keeps those of the stages it keeps
+            model.cut_at(cfg.model.feature_stage, clip_len=self.pre.clip_len, crop_size=self.pre.crop_size)
+            self.spec = spec = through_stage(spec, cfg.model.feature_stage)
+            log.info("model: %s cut after stage %s (%d features for the head)", spec.name, cfg.model.feature_stage,
+                     model.feature_dim)
         total = len(spec.stages)
         frozen = total if cfg.freeze.stages < 0 or cfg.train.linear_probe else min(cfg.freeze.stages, total)
         u = cfg.freeze.unfreeze
@@ -253,7 +258,8 @@ class FineTuneRecipe:
         if timed and device.type in ("cpu", "cuda") and not self.caches_features:
             fmt = choose_step_format(
                 self.raw_model, amp_mode=cfg.train.amp, channels_last_mode=cfg.train.channels_last,
-                backbone=self.spec.name, batch=min(4, cfg.data.batch_size // self.dist.world_size),
+                backbone=self.spec.name + (f"@{self.cfg.model.feature_stage}" if self.cfg.model.feature_stage else ""),
+                batch=min(4, cfg.data.batch_size // self.dist.world_size),
                 clip_len=self.pre.clip_len, crop=self.pre.crop_size, num_classes=len(self.classes),
                 frozen_stages=self.state.frozen_stages, device=device_name(device),
                 gpu_dtype=amp_dtype_for("auto", device) if device.type == "cuda" else None,

@@ -16,14 +16,18 @@ Library quirks handled here (checked against pytorchvideo 0.1.5 / torchvision 0.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+import torch.fx as fx
 import torch.nn as nn
 import torchvision.models.video as tvv
+from torchvision.models.feature_extraction import create_feature_extractor
 
 with warnings.catch_warnings():
     # pytorchvideo 0.1.5 applies torch.jit.script to one of its helpers at import time, and this torch
@@ -77,6 +81,10 @@ class BackboneSpec:
     min_clip_len: int = 1  # smallest geometry the architecture runs at (measured)
     min_crop_size: int = 1
     drop_path_arg: str | None = None  # the builder's keyword for its stochastic depth rate (None: it has none)
+    # stage outputs are [B, C, T, H, W] and torch.fx traces the model (model.feature_stage): the convolutional
+    # single-pathway backbones; not SlowFast (two pathways), MViT and Swin (tokens; pytorchvideo's MViT has
+    # data-dependent control flow)
+    stage_features: bool = True
 
 
 _PV_MEAN, _PV_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)  # PySlowFast / pytorchvideo hub preset
@@ -128,7 +136,7 @@ BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in (
     _pv("slowfast_r50", _pv_slowfast.checkpoint_paths["slowfast_r50"], 76.94,
         stages=_RESNET_STAGES, head="blocks.6.proj", clip_len=32, frame_stride=2, crop_size=224,
         slowfast_alpha=4, global_pools=("blocks.5.pool.0", "blocks.5.pool.1"),
-        head_extras=("blocks.6.dropout",)),
+        head_extras=("blocks.6.dropout",), stage_features=False),
     _pv("r2plus1d_r50", _pv_r2p1.checkpoint_paths["r2plus1d_r50"], 76.01,
         stages=_RESNET_STAGES, head="blocks.5.proj", clip_len=16, frame_stride=4, crop_size=224,
         global_pools=("blocks.5.pool",), head_extras=("blocks.5.dropout", "blocks.5.activation")),
@@ -139,7 +147,7 @@ BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in (
         stages=("patch_embed", "cls_positional_encoding", *(f"blocks.{i}" for i in range(16)),
                 "norm_embed"),
         head="head.proj", clip_len=16, frame_stride=4, crop_size=224, fixed_geometry=True,
-        head_extras=("head.dropout",), drop_path_arg="droppath_rate_block"),
+        head_extras=("head.dropout",), drop_path_arg="droppath_rate_block", stage_features=False),
     _tv("r3d_18", tvv.R3D_18_Weights, **_VIDEO_RESNET),
     _tv("mc3_18", tvv.MC3_18_Weights, **_VIDEO_RESNET),
     _tv("r2plus1d_18", tvv.R2Plus1D_18_Weights, **_VIDEO_RESNET),
@@ -150,10 +158,10 @@ BACKBONES: dict[str, BackboneSpec] = {s.name: s for s in (
     _tv("mvit_v2_s", tvv.MViT_V2_S_Weights,
         stages=("conv_proj", "pos_encoding", *(f"blocks.{i}" for i in range(16)), "norm"),
         head="head.1", clip_len=16, frame_stride=4, fixed_geometry=True, head_extras=("head.0",),
-        drop_path_arg="stochastic_depth_prob"),
+        drop_path_arg="stochastic_depth_prob", stage_features=False),
     _tv("swin3d_t", tvv.Swin3D_T_Weights,
         stages=("patch_embed", *(f"features.{i}" for i in range(7)), "norm"),
-        head="head", clip_len=32, frame_stride=2),  # torchvision fixes its stochastic depth at 0.1
+        head="head", clip_len=32, frame_stride=2, stage_features=False),  # stochastic depth fixed at 0.1
 )}
 
 
@@ -242,6 +250,51 @@ def drop_path_problem(spec: BackboneSpec, drop_path: float | None) -> str | None
         return None
     having = sorted(s.name for s in BACKBONES.values() if s.drop_path_arg)
     return f"model.drop_path: {spec.name} has no stochastic depth (backbones with it: {', '.join(having)})"
+
+
+def feature_stage_problem(spec: BackboneSpec, stage: str | None) -> str | None:
+    """Why `spec` cannot give the features of `stage` (model.feature_stage), or None when it can."""
+    if stage is None:
+        return None
+    if not spec.stage_features:
+        having = sorted(s.name for s in BACKBONES.values() if s.stage_features)
+        return (f"model.feature_stage: {spec.name} cannot give a stage's features (backbones that can: "
+                f"{', '.join(having)})")
+    if stage not in spec.stages:
+        return f"model.feature_stage: {stage!r} is not a stage of {spec.name} (its stages: {', '.join(spec.stages)})"
+    return None
+
+
+def through_stage(spec: BackboneSpec, stage: str | None) -> BackboneSpec:
+    """The spec of the backbone cut after `stage` (its stages up to that one), for freezing and LR groups."""
+    if stage is None:
+        return spec
+    return dataclasses.replace(spec, stages=spec.stages[:spec.stages.index(stage) + 1])
+
+
+def cut_at_stage(backbone: nn.Module, spec: BackboneSpec, stage: str, *, clip_len: int | None = None,
+                 crop_size: int | None = None) -> tuple[nn.Module, int]:
+    """The backbone up to `stage`, its output averaged over time and space, and that output's width D.
+
+    torchvision's create_feature_extractor traces the model (torch.fx) and keeps only what the stage's output
+    needs; the kept submodules keep their names, so a cut model's weights are a subset of the whole one's
+    and freezing names the same stages. Returns (module giving [B, D], D)."""
+    problem = feature_stage_problem(spec, stage)
+    if problem:
+        raise ConfigError([problem])
+    traced = create_feature_extractor(backbone, return_nodes={stage: "features"})
+    graph = traced.train_graph  # the same as the eval graph: these backbones switch modes only inside modules
+    out = next(node for node in graph.nodes if node.op == "output")
+    with graph.inserting_before(out):
+        pooled = graph.call_method("mean", (out.args[0]["features"], (2, 3, 4)))  # [B, C, T, H, W] -> [B, C]
+    out.args = (pooled,)
+    cut = fx.GraphModule(traced, graph, class_name=f"{type(backbone).__name__}Through{stage.replace('.', '_')}")
+    clip_len = spec.clip_len if clip_len is None else clip_len
+    crop_size = spec.crop_size if crop_size is None else crop_size
+    cut.eval()  # the width from one forward pass, without touching BatchNorm statistics
+    with torch.no_grad():
+        dim = cut(torch.zeros(1, 3, clip_len, crop_size, crop_size)).shape[1]
+    return cut.train(backbone.training), dim
 
 
 def _check_geometry(spec: BackboneSpec, clip_len: int, crop_size: int) -> None:

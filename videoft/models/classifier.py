@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from videoft.models.backbones import build_backbone, get_backbone_spec
+from videoft.models.backbones import build_backbone, cut_at_stage, get_backbone_spec
 
 
 class VideoClassifier(nn.Module):
@@ -30,6 +30,7 @@ class VideoClassifier(nn.Module):
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
         self.feature_dim = feature_dim
+        self.feature_stage: str | None = None  # cut_at: the backbone stage whose features the head reads
         self.num_classes = num_classes
         self.slowfast_alpha = slowfast_alpha
         # names (relative to this model) of the BatchNorm modules kept in eval mode (set_frozen_bn)
@@ -65,6 +66,15 @@ class VideoClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B, num_classes]
         return self.head(self.features(x))
 
+    def cut_at(self, stage: str, *, clip_len: int | None = None, crop_size: int | None = None) -> None:
+        """Read the features of one backbone stage instead of the last (model.feature_stage): the stages after
+        it are dropped and the head is made anew for the stage's width. Called after any weights are loaded."""
+        self.backbone, self.feature_dim = cut_at_stage(self.backbone, get_backbone_spec(self.backbone_name), stage,
+                                                       clip_len=clip_len, crop_size=crop_size)
+        old = self.head[1]
+        self.head[1] = nn.Linear(self.feature_dim, self.num_classes).to(old.weight.device, old.weight.dtype)
+        self.feature_stage = stage
+
     def set_frozen_bn(self, names: set[str] | frozenset[str]) -> None:
         """Keep these BatchNorm modules in eval mode (running statistics fixed), whatever train() says;
         every other BatchNorm follows the model's mode again."""
@@ -99,8 +109,9 @@ def build_classifier(name: str, num_classes: int, *, clip_len: int | None = None
                      crop_size: int | None = None, pretrained: str | None = None,
                      weights: str | None = None, on_missing_weights: str = "error",
                      dropout: float = 0.5, model_dir: str | None = None,
-                     drop_path: float | None = None) -> VideoClassifier:
-    """A zoo backbone (see build_backbone for the weight arguments) with a fresh num_classes head."""
+                     drop_path: float | None = None, feature_stage: str | None = None) -> VideoClassifier:
+    """A zoo backbone (see build_backbone for the weight arguments) with a fresh num_classes head; with
+    `feature_stage`, cut after that stage (cut_at)."""
     spec = get_backbone_spec(name)
     backbone, dim = build_backbone(spec, clip_len=clip_len, crop_size=crop_size, pretrained=pretrained,
                                    weights=weights, on_missing_weights=on_missing_weights,
@@ -108,4 +119,6 @@ def build_classifier(name: str, num_classes: int, *, clip_len: int | None = None
     model = VideoClassifier(backbone, dim, num_classes, dropout=dropout, slowfast_alpha=spec.slowfast_alpha,
                             mean=spec.mean, std=spec.std)
     model.backbone_name = name
+    if feature_stage is not None:
+        model.cut_at(feature_stage, clip_len=clip_len, crop_size=crop_size)
     return model
