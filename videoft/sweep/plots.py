@@ -140,7 +140,8 @@ def plot_slices(view: SweepView, path: Path) -> Path:
     params = view.space.params
     cols = min(3, len(params))
     rows = math.ceil(len(params) / cols)
-    fig = Figure(figsize=(3.6 * cols, 2.9 * rows), dpi=110)
+    most = max((len(p.choices) for p in params if p.kind == "choices"), default=0)
+    fig = Figure(figsize=(max(3.6, 0.42 * most) * cols, 2.9 * rows + (0.5 if most > 6 else 0)), dpi=110)
     axes = fig.subplots(rows, cols, squeeze=False)
     scored = [t for t in view.trials if _value(t) is not None]
     for ax, p in zip(axes.flat, params):
@@ -167,7 +168,9 @@ def _param_axis(ax, p: Param) -> None:
     """The x axis spans the parameter's whole range (or all its choices), so a panel shows where trials fell."""
     if p.kind == "choices":
         labels = [yaml_scalar(c) for c in p.choices]
-        ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=20 if len(labels) > 3 else 0)
+        crowded = len(labels) > 6 or sum(map(len, labels)) > 40  # long or many labels: turned further
+        ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=45 if crowded else 20 if len(labels) > 3 else 0,
+                      ha="right" if crowded else "center")
         ax.set_xlim(-0.5, len(labels) - 0.5)
         return
     if p.log:
