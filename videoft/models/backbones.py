@@ -283,7 +283,9 @@ def cut_at_stage(backbone: nn.Module, spec: BackboneSpec, stage: str, *, clip_le
     if problem:
         raise ConfigError([problem])
     traced = create_feature_extractor(backbone, return_nodes={stage: "features"})
-    graph = traced.train_graph  # the same as the eval graph: these backbones switch modes only inside modules
+    graph = traced.train_graph  # one graph for both modes: these backbones switch modes only inside modules
+    if graph.python_code("self").src != traced.eval_graph.python_code("self").src:
+        raise ValueError(f"{spec.name}: its traced graph differs between train and eval mode; it cannot be cut")
     out = next(node for node in graph.nodes if node.op == "output")
     with graph.inserting_before(out):
         pooled = graph.call_method("mean", (out.args[0]["features"], (2, 3, 4)))  # [B, C, T, H, W] -> [B, C]
@@ -293,7 +295,8 @@ def cut_at_stage(backbone: nn.Module, spec: BackboneSpec, stage: str, *, clip_le
     crop_size = spec.crop_size if crop_size is None else crop_size
     cut.eval()  # the width from one forward pass, without touching BatchNorm statistics
     with torch.no_grad():
-        dim = cut(torch.zeros(1, 3, clip_len, crop_size, crop_size)).shape[1]
+        device = next(backbone.parameters()).device
+        dim = cut(torch.zeros(1, 3, clip_len, crop_size, crop_size, device=device)).shape[1]
     return cut.train(backbone.training), dim
 
 
