@@ -3,7 +3,7 @@
 
     python tools/sweep.py CONFIG [key=value ...] --space SPACE.yaml --trials N [--out DIR]
         [--storage URL] [--study NAME] [--timeout S] [--trial-minutes M] [--trial-epochs E]
-        [--metric M] [--score-last K] [--pruner median|halving|hyperband|none] [--sampler tpe|random]
+        [--metric M] [--score-last K] [--pruner median|halving|hyperband|none] [--sampler tpe|random|grid]
         [--enqueue base]
 
 Each trial is an ordinary run of CONFIG + overrides + the sampled values (own out_dir DIR/trial_NNNN,
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import time
@@ -52,7 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pruner", default="median", choices=PRUNERS, help="stops hopeless trials early (median)")
     p.add_argument("--prune-startup", type=int, default=3, help="median: complete trials before any pruning")
     p.add_argument("--prune-warmup", type=int, default=1, help="epochs a trial runs before it can be pruned")
-    p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="tpe (default) or random search")
+    p.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="tpe (default), random search, or grid: every "
+                   "combination once (choices and stepped ranges only; --trials caps it)")
     p.add_argument("--seed", type=int, default=None, help="sampler seed (offset by the trials already in the "
                    "study; give each worker of a shared study its own)")
     p.add_argument("--enqueue", action="append", default=[], metavar="K=V,K=V|base",
@@ -81,6 +83,11 @@ def check_sweep_inputs(args: argparse.Namespace, cfg, space) -> list[str]:
         problems.append(f"--trials must be >= 0, got {args.trials}")
     if args.score_last < 0:
         problems.append(f"--score-last must be >= 0 (0: best epoch), got {args.score_last}")
+    if args.sampler == "grid":
+        try:
+            space.grid()
+        except ValueError as err:
+            problems.append(str(err))
     return problems
 
 
@@ -127,23 +134,27 @@ def run_sweep(args: argparse.Namespace, cfg, space, enqueued: list[dict], sweep_
     st.claim_folder(sweep_dir, name, url)
     definition = {"config": st.study_config(cfg), "space": space.as_dict(), "metric": cfg.train.best_metric,
                   **({"score_last": args.score_last} if args.score_last else {})}
+    grid = space.grid() if args.sampler == "grid" else None
+    trials = min(args.trials, math.prod(map(len, grid.values()))) if grid else args.trials
     study = st.open_study(
         st.open_storage(url, heartbeat_s=args.heartbeat), name, definition=definition,
-        sampler=st.build_sampler(args.sampler, seed=None, trials=args.trials),
+        sampler=st.build_sampler(args.sampler, seed=None, trials=trials, grid=grid),
         pruner=st.build_pruner(args.pruner, startup_trials=args.prune_startup, warmup_epochs=args.prune_warmup,
                                max_epochs=cfg.train.epochs))
     if args.seed is not None:  # offset by the trials so far: a restart must not draw the first points again
         study.sampler = st.build_sampler(args.sampler, seed=args.seed + len(study.get_trials(deepcopy=False)),
-                                         trials=args.trials)
+                                         trials=trials, grid=grid)
     st.recover_interrupted(study)
     for values in enqueued:
         study.enqueue_trial(space.to_optuna_params(values), skip_if_exists=True)
     if args.timeout and not args.trial_minutes:
         log.info("no --trial-minutes: a trial may use all that is left of --timeout")
     done, running = st.count_done(study), st.count_running(study)
-    todo = max(0, args.trials - done - running)
+    todo = max(0, trials - done - running)
+    if trials < args.trials:
+        log.info("--sampler grid: the grid has %d points, so the sweep is %d trials", trials, trials)
     log.info("study %s in %s: %d of %d trials done, %d running elsewhere: %d to run here", name, url, done,
-             args.trials, running, todo)
+             trials, running, todo)
     settings = SweepSettings(config=args.config, overrides=base_overrides(args), sweep_dir=sweep_dir,
                              metric=cfg.train.best_metric, score_last=args.score_last,
                              trial_seconds=args.trial_minutes * 60 if args.trial_minutes else None,
@@ -151,7 +162,7 @@ def run_sweep(args: argparse.Namespace, cfg, space, enqueued: list[dict], sweep_
 
     def after_trial(study, trial) -> None:
         write_summary_csv(SweepView.of(study, settings, space), sweep_dir / "summary.csv")
-        if st.count_done(study) + st.count_running(study) >= args.trials:
+        if st.count_done(study) + st.count_running(study) >= trials:
             study.stop()  # other workers of a shared study have filled it
 
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's SIGTERM: stop like Ctrl-C, the trial is retried

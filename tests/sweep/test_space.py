@@ -55,6 +55,29 @@ optim.name: [sgd, adamw]
     assert overrides_for({"a": "true", "b": None, "c": (1.0, 1.5)}) == ["a='true'", "b=null", "c=[1.0, 1.5]"]
 
 
+def test_a_grid_visits_every_combination_once_and_refuses_a_continuous_range(tmp_path):
+    space = load_space(write(tmp_path, """
+optim.weight_decay: {low: 0.0, high: 0.3, step: 0.1}
+data.crop_size: {low: 64, high: 112, step: 16}
+data.scale_jitter: [[1.0, 1.25], [1.0, 1.5]]
+"""), DEMO, WIDE)
+    grid = space.grid()
+    assert grid == {"optim.weight_decay": [0.0, 0.1, 0.2, 0.3], "data.crop_size": [64, 80, 96, 112],
+                    "data.scale_jitter": ["[1.0, 1.25]", "[1.0, 1.5]"]}
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler(grid, seed=0))
+    seen = []
+
+    def objective(trial: optuna.Trial) -> float:
+        values = space.suggest(trial)
+        seen.append((values["optim.weight_decay"], values["data.crop_size"], tuple(values["data.scale_jitter"])))
+        return 0.0
+    study.optimize(objective, n_trials=40)  # the sampler stops the study when the grid is done
+    assert len(seen) == len(set(seen)) == 32  # 4 x 4 x 2, each once
+    with pytest.raises(ValueError, match="continuous: optim.lr"):
+        load_space(write(tmp_path, "optim.lr: {low: 1e-4, high: 0.1, log: true}\nfreeze.stages: [0, 1]\n"),
+                   DEMO, BASE).grid()
+
+
 def test_every_problem_in_the_file_is_reported_at_once(tmp_path):
     path = write(tmp_path, """
 optim.lr: {low: 0, high: 0.1, log: true}

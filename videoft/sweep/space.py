@@ -69,6 +69,18 @@ class Param:
             return False
         return self.low <= value <= self.high and (self.step is None or _fits_steps(self.low, value, self.step))
 
+    def grid_values(self) -> list | None:
+        """Every value this parameter can take, as Optuna stores them (--sampler grid); None for a continuous
+        range (a float range without a step)."""
+        if self.kind == "choices":
+            return [_encode(c) for c in self.choices]
+        if self.kind == "int":
+            return list(range(self.low, self.high + 1, self.step or 1))
+        if self.step is None:
+            return None
+        n = int(round((self.high - self.low) / self.step))
+        return [round(self.low + i * self.step, 12) for i in range(n + 1)]
+
     def describe(self) -> str:
         if self.kind == "choices":
             return f"one of {yaml_scalar(list(self.choices))}"
@@ -88,6 +100,14 @@ class SearchSpace:
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         return {p.key: p.distribution() for p in self.params}
+
+    def grid(self) -> dict[str, list]:
+        """{key: every value} for Optuna's GridSampler; ValueError naming a continuous range."""
+        continuous = [p.key for p in self.params if p.grid_values() is None]
+        if continuous:
+            raise ValueError(f"--sampler grid needs choices or a step for every key; continuous: "
+                             f"{', '.join(continuous)}")
+        return {p.key: p.grid_values() for p in self.params}
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Sample every key for `trial`; returns config values by key."""

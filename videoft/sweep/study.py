@@ -28,7 +28,7 @@ from videoft.config import Config, to_dict
 log = logging.getLogger("videoft.sweep")
 
 PRUNERS = ("median", "halving", "hyperband", "none")
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "random", "grid")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -68,10 +68,14 @@ def open_storage(url: str, *, heartbeat_s: int = 60) -> optuna.storages.BaseStor
     raise AssertionError("unreachable")
 
 
-def build_sampler(name: str, *, seed: int | None, trials: int) -> optuna.samplers.BaseSampler:
-    """TPE (random start-up trials: a quarter of the sweep, 3 to 10) or plain random search."""
+def build_sampler(name: str, *, seed: int | None, trials: int, grid: dict[str, list] | None = None
+                  ) -> optuna.samplers.BaseSampler:
+    """TPE (random start-up trials: a quarter of the sweep, 3 to 10), plain random search, or every point of
+    `grid` once (in random order; the study stops when they are all done)."""
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid, seed=seed)
     if name != "tpe":
         raise ValueError(f"--sampler {name!r} is not one of {list(SAMPLERS)}")
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, trials // 4)))
