@@ -130,6 +130,8 @@ def resume_problems(ckpt: RunCheckpoint, cfg: Config, classes: list[str], pre: P
             was, want = getattr(ckpt.preprocessing, name), getattr(pre, name)
         else:
             was, want = old[section][name], now[section][name]
+        if key == "model.feature_stage" and want == "auto" and was is not None:  # auto: the stage it chose
+            continue
         if was != want:
             problems.append(f"{key}: checkpoint has {was!r}, config has {want!r}")
     return problems

@@ -69,7 +69,8 @@ class ModelConfig:
     model_dir: str | None = None    # where downloaded weights are cached (torch hub cache by default)
     drop_path: float | None = None  # stochastic depth rate (mvit_v2_s, mvit_base_16x4); None: the library default
     feature_stage: str | None = None  # the head reads this backbone stage's pooled output (later stages dropped);
-                                      # None: the last. Earlier features can transfer better from a narrow
+                                      # None: the last; auto (solved linear probe): the stage with the lowest
+                                      # held-out log loss. Earlier features can transfer better from a narrow
                                       # pretraining (README "Transfer")
 
 
@@ -246,6 +247,10 @@ def validate(cfg: Config) -> list[str]:
     if t.ema_decay and t.linear_probe and t.cache_features and t.probe_solver == "lbfgs":
         problems.append("train.ema_decay averages the weights of gradient steps: the lbfgs probe solves the head "
                         "exactly (set train.ema_decay=0, or train.probe_solver=sgd)")
+    if cfg.model.feature_stage == "auto" and not (t.linear_probe and t.cache_features and t.probe_solver == "lbfgs"):
+        problems.append("model.feature_stage=auto chooses the stage with the solved linear probe: needs "
+                        "train.linear_probe=true (with train.cache_features=true, train.probe_solver=lbfgs); "
+                        "otherwise name a stage")
     if cfg.train.linear_probe and cfg.data.train_clips > 1:
         problems.append("data.train_clips: the linear probe trains on the evaluation views (data.eval_clips x "
                         "data.eval_crops); set data.train_clips=1")

@@ -53,7 +53,7 @@ from videoft.engine.evaluate import Predictions, centre_view_index, predict, pre
 from videoft.engine.features import cache_eval_features, cache_features
 from videoft.engine.logger import RunLogger
 from videoft.engine.metrics import cross_entropy
-from videoft.engine.probe import load_into_head, solve_linear_probe
+from videoft.engine.probe import load_into_head, solve_linear_probe, solve_probe_over_stages
 from videoft.engine.train import (
     EpochResult,
     NonFiniteLossError,
@@ -65,8 +65,8 @@ from videoft.engine.train import (
     train_one_epoch,
 )
 from videoft.errors import CheckpointError
-from videoft.models.backbones import BackboneSpec, get_backbone_spec, through_stage
-from videoft.models.classifier import FeatureExtractor, VideoClassifier, build_classifier
+from videoft.models.backbones import AUTO_STAGE, BackboneSpec, get_backbone_spec, through_stage
+from videoft.models.classifier import FeatureExtractor, StageFeatures, VideoClassifier, build_classifier
 from videoft.models.freezing import UnfreezeSchedule, freeze_stages, param_groups
 from videoft.preflight import audit_splits, check_run
 
@@ -145,8 +145,12 @@ class FineTuneRecipe:
         self.init_checkpoint: RunCheckpoint | None = None
         self.keep_last = False  # best.pt follows the last epoch (validation too small to choose one)
         self.val_features = None  # the validation views' features (the linear probe's solver)
+        # model.feature_stage=auto: the cached features are every stage's (StageFeatures); the probe keeps one
+        self.stage_features: StageFeatures | None = None
+        self.feature_columns: slice | None = None  # the kept stage's columns of the cached features
         self.preparation: dict = {}  # tools/prepare.py's parameters when data.root is a prepared copy
         self.ema: AveragedModel | None = None  # train.ema_decay: the average that is validated and saved
+        self.trained: torch.nn.Module | None = None  # what the optimizer steps (wrap_model); DDP-wrapped: .model
 
     # ---- setup ------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -230,7 +234,8 @@ class FineTuneRecipe:
                                  drop_path=cfg.model.drop_path)
         if cfg.model.init_from:
             init_from_checkpoint(model, cfg.model.init_from, self.classes, ckpt=self.init_checkpoint)
-        if cfg.model.feature_stage:  # after any weights are in: the cut keeps those of the stages it keeps
+        if cfg.model.feature_stage not in (None, AUTO_STAGE):  # after any weights are in: the cut keeps those of
+            # the stages it keeps (auto: cut in fit_probe, at the stage the probe chose)
             model.cut_at(cfg.model.feature_stage, clip_len=self.pre.clip_len, crop_size=self.pre.crop_size)
             self.spec = spec = through_stage(spec, cfg.model.feature_stage)
             log.info("model: %s cut after stage %s (%d features for the head)", spec.name, cfg.model.feature_stage,
@@ -309,13 +314,17 @@ class FineTuneRecipe:
                 self.splits["val"], self.pre, num_clips=d.eval_clips, num_crops=d.eval_crops,
                 batch_size=max(1, per_rank_batch // 2), seed=cfg.seed, **workers)
         if self.caches_features:
+            extractor = FeatureExtractor(self.raw_model)
+            if cfg.model.feature_stage == AUTO_STAGE:  # every stage's features, side by side: the probe picks one
+                extractor = self.stage_features = StageFeatures(
+                    self.raw_model, self.spec.stages, clip_len=self.pre.clip_len, crop_size=self.pre.crop_size)
             self.train_loader, failures = cache_features(
-                FeatureExtractor(self.raw_model), self.train_loader, dist, self.out_dir / "feature_cache",
+                extractor, self.train_loader, dist, self.out_dir / "feature_cache",
                 amp_dtype=self.amp_dtype, ram_limit_mb=cfg.train.feature_cache_ram_mb)
             self.state.failures.update(failures)
             if self.uses_probe_solver and self.val_loader is not None:
                 self.val_features, failures = cache_eval_features(
-                    FeatureExtractor(self.raw_model), self.val_loader, dist, self.out_dir / "feature_cache" / "val",
+                    extractor, self.val_loader, dist, self.out_dir / "feature_cache" / "val",
                     amp_dtype=self.amp_dtype, ram_limit_mb=cfg.train.feature_cache_ram_mb)
                 self.state.failures.update(failures)
         self.choose_best_rule()
@@ -385,6 +394,8 @@ class FineTuneRecipe:
             self.schedule.load_state_dict(t.unfreeze)
             self.state.frozen_stages = self.schedule.frozen_stages_at(t.epoch)
             freeze_stages(self.raw_model, self.spec, self.state.frozen_stages, bn=self.cfg.freeze.bn)
+        if self.cfg.model.feature_stage == AUTO_STAGE and ckpt.config.model.feature_stage not in (None, AUTO_STAGE):
+            self.keep_stage(ckpt.config.model.feature_stage)  # a finished auto probe: cut where it chose
         self.raw_model.load_state_dict(t.online_model or ckpt.model)  # with EMA, `model` is the average
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt.model)
@@ -463,18 +474,15 @@ class FineTuneRecipe:
         logger = RunLogger(self.out_dir, self.classes, enabled=self.dist.is_main)
         try:
             if state.epoch == 0:  # a resumed, finished probe has nothing left to do
-                fit = None
-                if self.dist.is_main:  # one solver; every rank gets its result
-                    train = self.train_loader.dataset
-                    val = self.val_features.arrays([s.label for s in self.splits["val"]]) if self.val_features \
-                        else None
-                    fit = solve_linear_probe(*train.features.arrays(train.labels), len(self.classes), val=val,
-                                             min_val_videos=self.cfg.train.min_val_videos, seed=self.cfg.seed)
-                fit = broadcast_from_main(fit)
+                fit, stages = broadcast_from_main(self.solve_probe() if self.dist.is_main else None)
+                if stages is not None:
+                    self.keep_stage(stages.stage)
                 load_into_head(self.raw_model.head, fit)
                 row = {"epoch": 1, "step": 0, "train_loss": fit.train_loss, "train_acc": fit.train_acc, "lr": 0.0,
                        "clips_per_s": 0.0, "probe_l2": fit.l2, "probe_selection": fit.selection,
                        "probe_grid": fit.grid, "probe_iterations": fit.iterations, "probe_seconds": fit.seconds}
+                if stages is not None:
+                    row.update(probe_stage=stages.stage, probe_stages=stages.table)
                 if self.val_loader is not None:
                     metrics = self.validate_cached()
                     row.update(val_columns(metrics))
@@ -490,6 +498,35 @@ class FineTuneRecipe:
         finally:
             logger.close(state.history)
         return self.finish()
+
+    def solve_probe(self) -> tuple:
+        """(the solved probe, the StageChoice or None): on the cached features; over every stage with auto."""
+        train = self.train_loader.dataset
+        x, y = train.features.arrays(train.labels)
+        val = self.val_features.arrays([s.label for s in self.splits["val"]]) if self.val_features else None
+        options = {"val": val, "min_val_videos": self.cfg.train.min_val_videos, "seed": self.cfg.seed}
+        if self.stage_features is None:
+            return solve_linear_probe(x, y, len(self.classes), **options), None
+        columns = {stage: self.stage_features.columns(stage) for stage in self.stage_features.stages}
+        choice = solve_probe_over_stages(x, y, columns, len(self.classes), **options)
+        return choice.fit, choice
+
+    def keep_stage(self, stage: str) -> None:
+        """model.feature_stage=auto, once the stage is known (chosen, or read from the checkpoint resumed): the
+        model cut there, every kept stage frozen, the optimizer over what is left; checkpoints name the stage."""
+        cfg = self.cfg
+        self.raw_model.cut_at(stage, clip_len=self.pre.clip_len, crop_size=self.pre.crop_size)
+        self.spec = through_stage(get_backbone_spec(cfg.model.backbone), stage)
+        freeze_stages(self.raw_model, self.spec, len(self.spec.stages), bn=cfg.freeze.bn)
+        self.state.frozen_stages = len(self.spec.stages)
+        self.raw_model.to(self.dist.device)
+        self.setup_optimizer()
+        cfg.model.feature_stage = stage
+        if self.stage_features is not None:
+            self.feature_columns = self.stage_features.columns(stage)
+        if self.trained is not None:  # wrapped already: the head it wraps has a new layer
+            self.trained = self.raw_model.head
+            self.model = self._ddp(self.trained)
 
     def maybe_unfreeze(self, epoch: int) -> None:
         """Apply the gradual-unfreezing schedule at the start of `epoch` (DDP re-wrapped on a change)."""
@@ -580,6 +617,8 @@ class FineTuneRecipe:
         if self.dist.is_main:
             store = self.val_features
             x, y = store.arrays([s.label for s in self.splits["val"]])
+            if self.feature_columns is not None:
+                x = x[..., self.feature_columns]
             pred = predict_from_features(
                 self.raw_model.head, x, y, store.indices().tolist(), device=self.dist.device,
                 centre_view=centre_view_index(self.cfg.data.eval_clips, self.cfg.data.eval_crops))

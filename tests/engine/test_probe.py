@@ -12,8 +12,17 @@ import torch.nn.functional as F
 from tests.conftest import TINY_TRAIN_OVERRIDES
 from videoft.config import load_config
 from videoft.engine.distributed import DistInfo
-from videoft.engine.probe import L2_GRID, fit_softmax, fold_standardization, standardization, stratified_folds
+from videoft.engine.probe import (
+    L2_GRID,
+    fit_softmax,
+    fold_standardization,
+    solve_linear_probe,
+    solve_probe_over_stages,
+    standardization,
+    stratified_folds,
+)
 from videoft.inference import load_model
+from videoft.models.backbones import get_backbone_spec
 from videoft.recipe import FineTuneRecipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,3 +132,52 @@ def test_the_solved_probe_is_validated_on_cached_features_as_decoding_would(tmp_
     assert row["val_loss"] == pytest.approx(decoded["loss"], rel=1e-5)
     for key in ("top1", "mean_class_accuracy", "video_top1", "video_mean_class_accuracy"):
         assert row[f"val_{key}"] == decoded[key], key
+
+
+def test_a_stage_whose_features_separate_the_classes_is_the_one_kept():
+    """solve_probe_over_stages: noise in one stage's columns, the label in another's: the held-out log loss
+    picks the informative stage and its fit is the probe on those columns alone."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 2
+    informative = torch.randn(40, 2, 6, generator=g) + 3.0 * y.view(-1, 1, 1).float()
+    x = torch.cat([torch.randn(40, 2, 5, generator=g), informative, torch.randn(40, 2, 4, generator=g)], dim=-1)
+    columns = {"a": slice(0, 5), "b": slice(5, 11), "c": slice(11, 15)}
+    val_y = torch.arange(40) % 2
+    val = torch.cat([torch.randn(40, 2, 5, generator=g), torch.randn(40, 2, 6, generator=g)
+                     + 3.0 * val_y.view(-1, 1, 1).float(), torch.randn(40, 2, 4, generator=g)], dim=-1)
+    choice = solve_probe_over_stages(x, y, columns, 2, val=(val, val_y))
+    assert choice.stage == "b" and [r["stage"] for r in choice.table] == ["a", "b", "c"]
+    assert choice.table[1]["heldout_log_loss"] < 0.5 * min(choice.table[0]["heldout_log_loss"],
+                                                            choice.table[2]["heldout_log_loss"])
+    assert choice.fit.weight.shape == (2, 6) and "validation (40 videos)" in choice.fit.selection
+    alone = solve_linear_probe(x[..., 5:11], y, 2, val=(val[..., 5:11], val_y))
+    assert np.allclose(choice.fit.weight, alone.weight) and choice.fit.l2 == alone.l2
+    # one training video per class and no validation: nothing can be held out, the last stage is kept
+    assert solve_probe_over_stages(x[:2], y[:2], columns, 2).stage == "c"
+
+
+def test_auto_feature_stage_keeps_the_probe_s_stage_in_the_model_the_checkpoint_and_a_resume(
+        tmp_path, tiny_motion_dataset):
+    solved, x, _ = run_probe(tmp_path / "auto", tiny_motion_dataset, "model.feature_stage=auto")
+    row = json.loads((tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()[-1])
+    stages = [r["stage"] for r in row["probe_stages"]]
+    assert stages == list(get_backbone_spec("x3d_xs").stages)
+    best = min(row["probe_stages"], key=lambda r: r["heldout_log_loss"])["stage"]
+    assert row["probe_stage"] == best == solved.raw_model.feature_stage
+    ckpt_model, ckpt = load_model(tmp_path / "auto" / "last.pt")
+    assert ckpt.config.model.feature_stage == best and ckpt_model.feature_stage == best
+    assert x.shape[-1] > ckpt_model.feature_dim  # the cache held every stage; the model reads one
+    clip = torch.randint(0, 256, (1, 3, 4, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(ckpt_model(clip), solved.raw_model.eval()(clip))
+    # the same command again: the finished probe resumes at its chosen stage and has nothing left to do
+    cfg = load_config(REPO / "configs" / "demo.yaml", [f"data.root={tiny_motion_dataset}",
+                                                       f"out_dir={tmp_path / 'auto'}", *TINY_TRAIN_OVERRIDES, *PROBE,
+                                                       "model.feature_stage=auto", "resume=auto"])
+    again = FineTuneRecipe(cfg, ONE_PROCESS, tmp_path / "auto")
+    again.setup()
+    assert again.raw_model.feature_stage == best
+    again.fit()
+    assert len(again.state.history) == 1
+    with pytest.raises(ValueError, match="model.feature_stage=auto chooses the stage with the solved linear probe"):
+        load_config(None, ["data.root=x", "model.feature_stage=auto"])

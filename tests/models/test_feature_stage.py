@@ -7,7 +7,7 @@ import torch
 
 from videoft.errors import ConfigError
 from videoft.models.backbones import BACKBONES, build_backbone, get_backbone_spec, through_stage
-from videoft.models.classifier import build_classifier
+from videoft.models.classifier import StageFeatures, build_classifier
 from videoft.models.freezing import freeze_stages
 
 
@@ -49,3 +49,23 @@ def test_a_stage_that_is_not_there_or_a_backbone_that_cannot_be_cut_is_a_config_
     with pytest.raises(ConfigError, match="swin3d_t cannot give a stage's features"):
         build_classifier("swin3d_t", 2, feature_stage="features.2")
     assert not BACKBONES["slowfast_r50"].stage_features and BACKBONES["slow_r50"].stage_features
+
+
+def test_every_stage_side_by_side_equals_each_cut_model():
+    """StageFeatures (model.feature_stage=auto caches these): stage s's columns are what the model cut at s
+    gives, so the probe solved on them fits the cut model exactly."""
+    torch.manual_seed(0)
+    model = build_classifier("x3d_xs", 3, clip_len=4, crop_size=32).eval()
+    spec = get_backbone_spec("x3d_xs")
+    both = StageFeatures(model, spec.stages, clip_len=4, crop_size=32)
+    x = torch.randint(0, 256, (2, 3, 4, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        side_by_side = both(x)
+        assert side_by_side.shape == (2, sum(both.widths.values())) and len(both.widths) == len(spec.stages)
+        for stage in ("blocks.1", "blocks.3", spec.stages[-1]):
+            cut = build_classifier("x3d_xs", 3, clip_len=4, crop_size=32)
+            cut.load_state_dict(model.state_dict())
+            cut.cut_at(stage, clip_len=4, crop_size=32)
+            assert torch.allclose(side_by_side[:, both.columns(stage)], cut.eval().features(x), atol=1e-5), stage
+        assert torch.allclose(side_by_side[:, both.columns(spec.stages[-1])], model.features(x), atol=1e-5)
+    assert not any(m._forward_hooks for m in model.modules())  # the hooks live only during a forward pass

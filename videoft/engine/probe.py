@@ -136,7 +136,7 @@ def choose_l2(x: torch.Tensor, y: torch.Tensor, val: tuple[torch.Tensor, torch.T
 
 def solve_linear_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, *,
                        val: tuple[torch.Tensor, torch.Tensor] | None = None, grid: tuple[float, ...] = L2_GRID,
-                       min_val_videos: int = 30, seed: int = 0) -> ProbeFit:
+                       min_val_videos: int = 30, seed: int = 0, verbose: bool = True) -> ProbeFit:
     """Training features x [n, V, D] with labels y [n] (and optional validation features) -> the probe."""
     t0 = time.perf_counter()
     x = x.float()
@@ -146,7 +146,7 @@ def solve_linear_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, *,
     scores, selection = choose_l2(xs, y, vs, num_classes, grid=grid, min_val_videos=min_val_videos, seed=seed)
     best = int(np.argmin(scores))
     l2 = float(grid[best])
-    if len(grid) > 1 and best in (0, len(grid) - 1) and math.isfinite(scores[best]):
+    if verbose and len(grid) > 1 and best in (0, len(grid) - 1) and math.isfinite(scores[best]):
         log.warning("linear probe: the chosen L2 %g is at the end of the grid %s: the best may lie beyond it", l2,
                     list(grid))
     w, iterations = fit_softmax(*_rows(xs, y), num_classes, l2)  # the refit, from zero, on all training videos
@@ -158,11 +158,41 @@ def solve_linear_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, *,
                    train_loss=float(F.cross_entropy(logits, labels)),
                    train_acc=float((logits.argmax(1) == labels).float().mean()), iterations=iterations,
                    seconds=time.perf_counter() - t0)
-    log.info("linear probe: L2 %g chosen by %s (held-out log loss %s); refit in %d L-BFGS iterations: train "
-             "loss %.4f, acc %.3f (%.1f s)", l2, selection,
-             " ".join(f"{g:g}:{s:.3f}" for g, s in zip(grid, scores)), iterations, fit.train_loss, fit.train_acc,
-             fit.seconds)
+    log.log(logging.INFO if verbose else logging.DEBUG,
+            "linear probe: L2 %g chosen by %s (held-out log loss %s); refit in %d L-BFGS iterations: train "
+            "loss %.4f, acc %.3f (%.1f s)", l2, selection,
+            " ".join(f"{g:g}:{s:.3f}" for g, s in zip(grid, scores)), iterations, fit.train_loss, fit.train_acc,
+            fit.seconds)
     return fit
+
+
+@dataclass
+class StageChoice:
+    """The probe solved on each backbone stage's features, and the stage kept (plain data, broadcastable)."""
+    stage: str
+    fit: ProbeFit
+    table: list[dict]           # [{"stage", "l2", "heldout_log_loss"}] in stage order
+
+
+def solve_probe_over_stages(x: torch.Tensor, y: torch.Tensor, columns: dict[str, slice], num_classes: int, *,
+                            val: tuple[torch.Tensor, torch.Tensor] | None = None, grid: tuple[float, ...] = L2_GRID,
+                            min_val_videos: int = 30, seed: int = 0) -> StageChoice:
+    """The probe on each stage's features (`columns` of x [n, V, sum D]); the stage whose held-out log loss, at
+    its own best L2, is lowest (model.feature_stage=auto). With no held-out measure possible: the last stage."""
+    fits = {stage: solve_linear_probe(x[..., cols], y, num_classes, grid=grid, min_val_videos=min_val_videos,
+                                      val=None if val is None else (val[0][..., cols], val[1]), seed=seed,
+                                      verbose=False)
+            for stage, cols in columns.items()}
+    table = [{"stage": stage, "l2": f.l2, "heldout_log_loss": min(g["heldout_log_loss"] for g in f.grid)}
+             for stage, f in fits.items()]
+    measured = [r for r in table if math.isfinite(r["heldout_log_loss"])]
+    none_possible = next(iter(fits.values())).selection.startswith("none possible")
+    stage = table[-1]["stage"] if none_possible or not measured else \
+        min(measured, key=lambda r: r["heldout_log_loss"])["stage"]
+    fit = fits[stage]
+    log.info("linear probe over %d stages, by held-out log loss (%s): %s; kept %s (L2 %g)", len(table),
+             fit.selection, " ".join(f"{r['stage']}:{r['heldout_log_loss']:.3f}" for r in table), stage, fit.l2)
+    return StageChoice(stage=stage, fit=fit, table=table)
 
 
 def load_into_head(head: torch.nn.Module, fit: ProbeFit) -> None:

@@ -252,22 +252,26 @@ def drop_path_problem(spec: BackboneSpec, drop_path: float | None) -> str | None
     return f"model.drop_path: {spec.name} has no stochastic depth (backbones with it: {', '.join(having)})"
 
 
+AUTO_STAGE = "auto"  # model.feature_stage: the linear probe solved on every stage's features keeps the best
+
+
 def feature_stage_problem(spec: BackboneSpec, stage: str | None) -> str | None:
-    """Why `spec` cannot give the features of `stage` (model.feature_stage), or None when it can."""
+    """Why `spec` cannot give the features of `stage` (model.feature_stage; `auto` included), or None when it can."""
     if stage is None:
         return None
     if not spec.stage_features:
         having = sorted(s.name for s in BACKBONES.values() if s.stage_features)
         return (f"model.feature_stage: {spec.name} cannot give a stage's features (backbones that can: "
                 f"{', '.join(having)})")
-    if stage not in spec.stages:
-        return f"model.feature_stage: {stage!r} is not a stage of {spec.name} (its stages: {', '.join(spec.stages)})"
+    if stage != AUTO_STAGE and stage not in spec.stages:
+        return (f"model.feature_stage: {stage!r} is not a stage of {spec.name} (its stages: "
+                f"{', '.join(spec.stages)}; or {AUTO_STAGE})")
     return None
 
 
 def through_stage(spec: BackboneSpec, stage: str | None) -> BackboneSpec:
     """The spec of the backbone cut after `stage` (its stages up to that one), for freezing and LR groups."""
-    if stage is None:
+    if stage in (None, AUTO_STAGE):
         return spec
     return dataclasses.replace(spec, stages=spec.stages[:spec.stages.index(stage) + 1])
 

@@ -105,6 +105,47 @@ class FeatureExtractor(nn.Module):
         return self.classifier.features(x)
 
 
+class StageFeatures(FeatureExtractor):
+    """Every stage's features side by side: the pooled output of each of `stages` of the backbone, as `cut_at`
+    would give it, concatenated [B, sum of widths] (model.feature_stage=auto: one pass caches them all).
+    `widths` {stage: D} comes from one forward pass of a zero clip of the run's geometry."""
+
+    def __init__(self, classifier: VideoClassifier, stages: tuple[str, ...], *, clip_len: int, crop_size: int):
+        super().__init__(classifier)
+        self.stages = stages
+        was_training = classifier.training
+        classifier.eval()
+        with torch.no_grad():
+            pooled = self._pooled(torch.zeros(1, 3, clip_len, crop_size, crop_size,
+                                              device=next(classifier.parameters()).device))
+        classifier.train(was_training)
+        self.widths = {stage: p.shape[1] for stage, p in zip(stages, pooled)}
+
+    def _pooled(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs: dict[str, torch.Tensor] = {}
+        backbone = self.classifier.backbone
+        hooks = [backbone.get_submodule(s).register_forward_hook(lambda m, i, o, s=s: outs.__setitem__(s, o))
+                 for s in self.stages]
+        try:
+            self.classifier.features(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return [outs[s].mean(dim=(2, 3, 4)) for s in self.stages]  # [B, C, T, H, W] -> [B, C]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B, sum D]
+        return torch.cat(self._pooled(x), dim=1)
+
+    def columns(self, stage: str) -> slice:
+        """Where `stage`'s features sit in the concatenation."""
+        start = 0
+        for name, width in self.widths.items():
+            if name == stage:
+                return slice(start, start + width)
+            start += width
+        raise KeyError(stage)
+
+
 def build_classifier(name: str, num_classes: int, *, clip_len: int | None = None,
                      crop_size: int | None = None, pretrained: str | None = None,
                      weights: str | None = None, on_missing_weights: str = "error",
