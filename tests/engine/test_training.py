@@ -254,3 +254,23 @@ def test_linear_probe_cache_matches_uncached(tmp_path, tiny_motion_dataset):
     c = weights(init / "last.pt")
     assert all(torch.equal(a[k], c[k]) for k in a if k.startswith("backbone."))
     assert not torch.equal(a["head.1.weight"], c["head.1.weight"])
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_process_auto_stage_probe_matches_one_process(tmp_path, tiny_motion_dataset):
+    """model.feature_stage=auto under torchrun: each rank caches its shard of every stage's features, rank 0
+    solves and chooses, every rank cuts its model there; the saved probe is the one-process run's."""
+    extra = ["train.linear_probe=true", "model.feature_stage=auto", "data.eval_clips=2", "train.amp=off",
+             "train.channels_last=off"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    p1 = run_train(one, tiny_motion_dataset, *extra)
+    assert p1.returncode == 0, p1.stderr[-3000:]
+    p2 = _torchrun(2, two, tiny_motion_dataset, *extra)
+    assert p2.returncode == 0, p2.stderr[-3000:]
+    m1 = json.loads((one / "metrics.jsonl").read_text().splitlines()[-1])
+    m2 = json.loads((two / "metrics.jsonl").read_text().splitlines()[-1])
+    assert m1["probe_stage"] == m2["probe_stage"] and len(m2["probe_stages"]) == 6
+    assert load_checkpoint(two / "last.pt")["config"]["model"]["feature_stage"] == m1["probe_stage"]
+    assert_same_weights(weights(one / "last.pt"), weights(two / "last.pt"), atol=1e-5)
+    assert m1["val_video_top1"] == m2["val_video_top1"]
