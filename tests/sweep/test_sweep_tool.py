@@ -206,15 +206,15 @@ def test_hopeless_trial_is_pruned_after_its_first_epoch(tmp_path, tiny_motion_da
 
 def test_grid_sweep_runs_each_point_once_however_many_trials_are_asked(tmp_path, tiny_motion_dataset):
     space = tmp_path / "space.yaml"
-    space.write_text("model.dropout: [0.0, 0.2, 0.4]\n")
+    space.write_text("model.dropout: [0.0, 0.4]\n")
     out = tmp_path / "sweep"
     proc = subprocess.run(sweep_cmd(tiny_motion_dataset, out, space, "--trials", "10", "--sampler", "grid",
                                     "--trial-epochs", "1", "--pruner", "none"),
                           capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "the grid has 3 points, so the sweep is 3 trials" in proc.stdout
+    assert "the grid has 2 points, so the sweep is 2 trials" in proc.stdout
     trials = load_study(out).get_trials()
-    assert sorted(t.params["model.dropout"] for t in trials) == [0.0, 0.2, 0.4]
+    assert sorted(t.params["model.dropout"] for t in trials) == [0.0, 0.4]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     space.write_text(LR_SPACE)
     refused = subprocess.run(sweep_cmd(tiny_motion_dataset, tmp_path / "other", space, "--trials", "3",
