@@ -53,7 +53,7 @@ from videoft.engine.evaluate import Predictions, centre_view_index, predict, pre
 from videoft.engine.features import cache_eval_features, cache_features
 from videoft.engine.logger import RunLogger
 from videoft.engine.metrics import cross_entropy
-from videoft.engine.probe import load_into_head, solve_linear_probe, solve_probe_over_stages
+from videoft.engine.probe import ProbeFit, StageChoice, load_into_head, solve_linear_probe, solve_probe_over_stages
 from videoft.engine.train import (
     EpochResult,
     NonFiniteLossError,
@@ -499,7 +499,7 @@ class FineTuneRecipe:
             logger.close(state.history)
         return self.finish()
 
-    def solve_probe(self) -> tuple:
+    def solve_probe(self) -> tuple[ProbeFit, StageChoice | None]:
         """(the solved probe, the StageChoice or None): on the cached features; over every stage with auto."""
         train = self.train_loader.dataset
         x, y = train.features.arrays(train.labels)
