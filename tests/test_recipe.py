@@ -12,7 +12,7 @@ from videoft.checkpoint import read_run_checkpoint
 from videoft.config import load_config
 from videoft.engine.distributed import DistInfo
 from videoft.models.backbones import get_backbone_spec
-from videoft.recipe import FineTuneRecipe, resolve_preprocessing
+from videoft.recipe import FineTuneRecipe, build_recipe, resolve_preprocessing
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_PROCESS = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -26,7 +26,7 @@ def make_recipe(tmp_path: Path, data: Path, *extra: str) -> FineTuneRecipe:
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(REPO / "configs" / "demo.yaml",
                       [f"data.root={data}", f"out_dir={out}", *TINY_TRAIN_OVERRIDES, *extra])
-    return FineTuneRecipe(cfg, ONE_PROCESS, out)
+    return build_recipe(cfg, ONE_PROCESS, out)
 
 
 def test_preprocessing_follows_backbone_then_config():
@@ -186,3 +186,16 @@ def test_a_probe_on_an_earlier_stage_of_another_run_saves_a_model_that_loads_and
                         "model.feature_stage=blocks.3", "train.epochs=2", "resume=auto")
     with pytest.raises(ValueError, match="model.feature_stage: checkpoint has 'blocks.2', config has 'blocks.3'"):
         other.setup()
+
+
+def test_build_recipe_gives_the_solved_probe_its_own_recipe(tmp_path, tiny_motion_dataset):
+    from videoft.probe_recipe import SolvedProbeRecipe
+
+    assert type(make_recipe(tmp_path / "a", tiny_motion_dataset)) is FineTuneRecipe
+    assert type(make_recipe(tmp_path / "b", tiny_motion_dataset, "train.linear_probe=true")) is SolvedProbeRecipe
+    sgd = make_recipe(tmp_path / "c", tiny_motion_dataset, "train.linear_probe=true", "train.probe_solver=sgd")
+    assert type(sgd) is FineTuneRecipe  # the SGD probe trains by steps on the cache
+    wrong = FineTuneRecipe(make_recipe(tmp_path / "d", tiny_motion_dataset, "train.linear_probe=true").cfg,
+                           ONE_PROCESS, tmp_path / "d")
+    with pytest.raises(TypeError, match="SolvedProbeRecipe"):
+        wrong.fit()

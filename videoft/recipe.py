@@ -4,9 +4,10 @@
     recipe.setup()      # data, checks, model, optimizer, loaders, LR schedule, resume, DDP wrap (in this order)
     summary = recipe.fit()
 
-`run(cfg)` does all of it (with the process group and logging) for tools/train.py. Each setup step
-is a method that can be called and tested on its own; what the run has done so far lives in one
-`RunState`, which every checkpoint saves and `maybe_resume` restores.
+`build_recipe(cfg, ...)` picks the class: this one, or `SolvedProbeRecipe` (videoft/probe_recipe.py) for a
+linear probe solved on cached features. `run(cfg)` does all of it (with the process group and logging)
+for tools/train.py. Each setup step is a method that can be called and tested on its own; what the run
+has done so far lives in one `RunState`, which every checkpoint saves and `maybe_resume` restores.
 """
 from __future__ import annotations
 
@@ -49,11 +50,10 @@ from videoft.engine.distributed import (
     sync_bn_stats,
 )
 from videoft.engine.ema import build_ema, held_in
-from videoft.engine.evaluate import Predictions, centre_view_index, predict, predict_from_features, summarize
-from videoft.engine.features import cache_eval_features, cache_features
+from videoft.engine.evaluate import Predictions, predict, summarize
+from videoft.engine.features import cache_features
 from videoft.engine.logger import RunLogger
 from videoft.engine.metrics import cross_entropy
-from videoft.engine.probe import ProbeFit, StageChoice, load_into_head, solve_linear_probe, solve_probe_over_stages
 from videoft.engine.train import (
     EpochResult,
     NonFiniteLossError,
@@ -66,7 +66,7 @@ from videoft.engine.train import (
 )
 from videoft.errors import CheckpointError
 from videoft.models.backbones import AUTO_STAGE, BackboneSpec, get_backbone_spec, through_stage
-from videoft.models.classifier import FeatureExtractor, StageFeatures, VideoClassifier, build_classifier
+from videoft.models.classifier import FeatureExtractor, VideoClassifier, build_classifier
 from videoft.models.freezing import UnfreezeSchedule, freeze_stages, param_groups
 from videoft.preflight import audit_splits, check_run
 
@@ -144,10 +144,6 @@ class FineTuneRecipe:
         self.resume_checkpoint: RunCheckpoint | None = None     # read by validate_setup, used by maybe_resume
         self.init_checkpoint: RunCheckpoint | None = None
         self.keep_last = False  # best.pt follows the last epoch (validation too small to choose one)
-        self.val_features = None  # the validation views' features (the linear probe's solver)
-        # model.feature_stage=auto: the cached features are every stage's (StageFeatures); the probe keeps one
-        self.stage_features: StageFeatures | None = None
-        self.feature_columns: slice | None = None  # the kept stage's columns of the cached features
         self.preparation: dict = {}  # tools/prepare.py's parameters when data.root is a prepared copy
         self.ema: AveragedModel | None = None  # train.ema_decay: the average that is validated and saved
         self.trained: torch.nn.Module | None = None  # what the optimizer steps (wrap_model); DDP-wrapped: .model
@@ -235,7 +231,7 @@ class FineTuneRecipe:
         if cfg.model.init_from:
             init_from_checkpoint(model, cfg.model.init_from, self.classes, ckpt=self.init_checkpoint)
         if cfg.model.feature_stage not in (None, AUTO_STAGE):  # after any weights are in: the cut keeps those of
-            # the stages it keeps (auto: cut in fit_probe, at the stage the probe chose)
+            # the stages it keeps (auto: SolvedProbeRecipe cuts at the stage the probe chose)
             model.cut_at(cfg.model.feature_stage, clip_len=self.pre.clip_len, crop_size=self.pre.crop_size)
             self.spec = spec = through_stage(spec, cfg.model.feature_stage)
             log.info("model: %s cut after stage %s (%d features for the head)", spec.name, cfg.model.feature_stage,
@@ -314,20 +310,15 @@ class FineTuneRecipe:
                 self.splits["val"], self.pre, num_clips=d.eval_clips, num_crops=d.eval_crops,
                 batch_size=max(1, per_rank_batch // 2), seed=cfg.seed, **workers)
         if self.caches_features:
-            extractor = FeatureExtractor(self.raw_model)
-            if cfg.model.feature_stage == AUTO_STAGE:  # every stage's features, side by side: the probe picks one
-                extractor = self.stage_features = StageFeatures(
-                    self.raw_model, self.spec.stages, clip_len=self.pre.clip_len, crop_size=self.pre.crop_size)
             self.train_loader, failures = cache_features(
-                extractor, self.train_loader, dist, self.out_dir / "feature_cache",
+                self.feature_extractor(), self.train_loader, dist, self.out_dir / "feature_cache",
                 amp_dtype=self.amp_dtype, ram_limit_mb=cfg.train.feature_cache_ram_mb)
             self.state.failures.update(failures)
-            if self.uses_probe_solver and self.val_loader is not None:
-                self.val_features, failures = cache_eval_features(
-                    extractor, self.val_loader, dist, self.out_dir / "feature_cache" / "val",
-                    amp_dtype=self.amp_dtype, ram_limit_mb=cfg.train.feature_cache_ram_mb)
-                self.state.failures.update(failures)
         self.choose_best_rule()
+
+    def feature_extractor(self) -> torch.nn.Module:
+        """What the linear probe's cache holds for a clip: the backbone's features."""
+        return FeatureExtractor(self.raw_model)
 
     @property
     def uses_probe_solver(self) -> bool:
@@ -394,8 +385,6 @@ class FineTuneRecipe:
             self.schedule.load_state_dict(t.unfreeze)
             self.state.frozen_stages = self.schedule.frozen_stages_at(t.epoch)
             freeze_stages(self.raw_model, self.spec, self.state.frozen_stages, bn=self.cfg.freeze.bn)
-        if self.cfg.model.feature_stage == AUTO_STAGE and ckpt.config.model.feature_stage not in (None, AUTO_STAGE):
-            self.keep_stage(ckpt.config.model.feature_stage)  # a finished auto probe: cut where it chose
         self.raw_model.load_state_dict(t.online_model or ckpt.model)  # with EMA, `model` is the average
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt.model)
@@ -440,7 +429,7 @@ class FineTuneRecipe:
         included); True stops the run there, like early stopping (a sweep's time budget uses it).
         """
         if self.uses_probe_solver:
-            return self.fit_probe(on_epoch_end)
+            raise TypeError("a solved linear probe trains in SolvedProbeRecipe: build the recipe with build_recipe")
         cfg, state = self.cfg, self.state
         logger = RunLogger(self.out_dir, self.classes, enabled=self.dist.is_main)
         try:
@@ -467,66 +456,6 @@ class FineTuneRecipe:
         finally:
             logger.close(state.history)
         return self.finish()
-
-    def fit_probe(self, on_epoch_end: EpochHook | None = None) -> dict:
-        """The linear probe solved on the cache (engine/probe.py) as one 'epoch': validated and saved."""
-        state = self.state
-        logger = RunLogger(self.out_dir, self.classes, enabled=self.dist.is_main)
-        try:
-            if state.epoch == 0:  # a resumed, finished probe has nothing left to do
-                fit, stages = broadcast_from_main(self.solve_probe() if self.dist.is_main else None)
-                if stages is not None:
-                    self.keep_stage(stages.stage)
-                load_into_head(self.raw_model.head, fit)
-                row = {"epoch": 1, "step": 0, "train_loss": fit.train_loss, "train_acc": fit.train_acc, "lr": 0.0,
-                       "clips_per_s": 0.0, "probe_l2": fit.l2, "probe_selection": fit.selection,
-                       "probe_grid": fit.grid, "probe_iterations": fit.iterations, "probe_seconds": fit.seconds}
-                if stages is not None:
-                    row.update(probe_stage=stages.stage, probe_stages=stages.table)
-                if self.val_loader is not None:
-                    metrics = self.validate_cached()
-                    row.update(val_columns(metrics))
-                    logger.confusion(metrics, 0)
-                metric = self.cfg.train.best_metric
-                state.best = {"metric": metric, "value": row.get(f"val_{metric}", math.nan), "epoch": 1}
-                state.history.append(row)
-                logger.epoch(row)
-                state.epoch = self.cfg.train.epochs  # done: a resume does not solve again
-                self.save("last.pt")
-                self.save("best.pt")
-                self.hook_says_stop(on_epoch_end, row)
-        finally:
-            logger.close(state.history)
-        return self.finish()
-
-    def solve_probe(self) -> tuple[ProbeFit, StageChoice | None]:
-        """(the solved probe, the StageChoice or None): on the cached features; over every stage with auto."""
-        train = self.train_loader.dataset
-        x, y = train.features.arrays(train.labels)
-        val = self.val_features.arrays([s.label for s in self.splits["val"]]) if self.val_features else None
-        options = {"val": val, "min_val_videos": self.cfg.train.min_val_videos, "seed": self.cfg.seed}
-        if self.stage_features is None:
-            return solve_linear_probe(x, y, len(self.classes), **options), None
-        columns = {stage: self.stage_features.columns(stage) for stage in self.stage_features.stages}
-        choice = solve_probe_over_stages(x, y, columns, len(self.classes), **options)
-        return choice.fit, choice
-
-    def keep_stage(self, stage: str) -> None:
-        """model.feature_stage=auto, once the stage is known (chosen, or read from the checkpoint resumed): the
-        model cut there, every kept stage frozen, the optimizer over what is left; checkpoints name the stage."""
-        cfg = self.cfg
-        self.raw_model.cut_at(stage, clip_len=self.pre.clip_len, crop_size=self.pre.crop_size)
-        self.spec = through_stage(get_backbone_spec(cfg.model.backbone), stage)
-        freeze_stages(self.raw_model, self.spec, len(self.spec.stages), bn=cfg.freeze.bn)
-        self.state.frozen_stages = len(self.spec.stages)
-        self.raw_model.to(self.dist.device)
-        self.setup_optimizer()
-        cfg.model.feature_stage = stage
-        if self.stage_features is not None:
-            self.feature_columns = self.stage_features.columns(stage)
-        if self.trained is not None:  # wrapped already: the head it wraps has a new layer
-            self.trained = self.raw_model.head
-            self.model = self._ddp(self.trained)
 
     def maybe_unfreeze(self, epoch: int) -> None:
         """Apply the gradual-unfreezing schedule at the start of `epoch` (DDP re-wrapped on a change)."""
@@ -610,20 +539,6 @@ class FineTuneRecipe:
             self.state.failures[path] = reason
         return self.shared_metrics(pred)
 
-    def validate_cached(self) -> dict:
-        """`validate` for the solved linear probe: the head on the validation views' cached features (the
-        backbone is frozen, so they are what decoding the videos again would give); same return as validate."""
-        pred = None
-        if self.dist.is_main:
-            store = self.val_features
-            x, y = store.arrays([s.label for s in self.splits["val"]])
-            if self.feature_columns is not None:
-                x = x[..., self.feature_columns]
-            pred = predict_from_features(
-                self.raw_model.head, x, y, store.indices().tolist(), device=self.dist.device,
-                centre_view=centre_view_index(self.cfg.data.eval_clips, self.cfg.data.eval_crops))
-        return self.shared_metrics(pred)
-
     def shared_metrics(self, pred: Predictions | None) -> dict:
         """Rank 0's metrics of its predictions (clip- and video-level, the centre clip's loss); every other rank
         gets their scalars, which are what decisions depend on."""
@@ -704,6 +619,16 @@ class FineTuneRecipe:
         return summary
 
 
+def build_recipe(cfg: Config, dist: DistInfo, out_dir: Path) -> FineTuneRecipe:
+    """The recipe for this config: SolvedProbeRecipe for the linear probe solved on cached features
+    (train.linear_probe with train.probe_solver=lbfgs), FineTuneRecipe for everything trained by steps."""
+    from videoft.probe_recipe import SolvedProbeRecipe  # it builds on this module
+
+    t = cfg.train
+    solved = t.linear_probe and t.cache_features and t.probe_solver == "lbfgs"
+    return (SolvedProbeRecipe if solved else FineTuneRecipe)(cfg, dist, out_dir)
+
+
 def run(cfg: Config, on_epoch_end: EpochHook | None = None) -> dict:
     """Train and validate as configured; returns the final summary (best metric, paths).
 
@@ -717,7 +642,7 @@ def run(cfg: Config, on_epoch_end: EpochHook | None = None) -> dict:
     barrier()
     setup_logging(dist, out_dir)
     try:
-        recipe = FineTuneRecipe(cfg, dist, out_dir)
+        recipe = build_recipe(cfg, dist, out_dir)
         recipe.setup()
         return recipe.fit(on_epoch_end)
     finally:

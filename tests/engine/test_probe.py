@@ -23,7 +23,7 @@ from videoft.engine.probe import (
 )
 from videoft.inference import load_model
 from videoft.models.backbones import get_backbone_spec
-from videoft.recipe import FineTuneRecipe
+from videoft.recipe import FineTuneRecipe, build_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 ONE_PROCESS = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -38,7 +38,7 @@ def run_probe(out: Path, data: Path, *extra: str) -> tuple[FineTuneRecipe, torch
     out.mkdir(parents=True)
     cfg = load_config(REPO / "configs" / "demo.yaml",
                       [f"data.root={data}", f"out_dir={out}", *TINY_TRAIN_OVERRIDES, *PROBE, *extra])
-    recipe = FineTuneRecipe(cfg, ONE_PROCESS, out)
+    recipe = build_recipe(cfg, ONE_PROCESS, out)
     recipe.setup()
     store = recipe.train_loader.dataset  # in RAM (below the limit): readable after the cache folder is gone
     x, y = store.features.arrays(store.labels)
@@ -107,7 +107,7 @@ def test_small_validation_keeps_the_last_epoch(tmp_path, tiny_motion_dataset):
                           [f"data.root={tiny_motion_dataset}", f"out_dir={out}", *TINY_TRAIN_OVERRIDES,
                            "train.epochs=2", "optim.lr=1e-12", "train.max_steps_per_epoch=1",
                            f"train.best_checkpoint={rule}"])
-        recipe = FineTuneRecipe(cfg, ONE_PROCESS, out)
+        recipe = build_recipe(cfg, ONE_PROCESS, out)
         recipe.setup()
         recipe.record_best(0.9, 0)  # a lucky first epoch...
         assert recipe.record_best(0.5, 1) is expect_last  # ...then a worse one
@@ -174,7 +174,7 @@ def test_auto_feature_stage_keeps_the_probe_s_stage_in_the_model_the_checkpoint_
     cfg = load_config(REPO / "configs" / "demo.yaml", [f"data.root={tiny_motion_dataset}",
                                                        f"out_dir={tmp_path / 'auto'}", *TINY_TRAIN_OVERRIDES, *PROBE,
                                                        "model.feature_stage=auto", "resume=auto"])
-    again = FineTuneRecipe(cfg, ONE_PROCESS, tmp_path / "auto")
+    again = build_recipe(cfg, ONE_PROCESS, tmp_path / "auto")
     again.setup()
     assert again.raw_model.feature_stage == best
     again.fit()
