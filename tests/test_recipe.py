@@ -12,7 +12,8 @@ from videoft.checkpoint import read_run_checkpoint
 from videoft.config import load_config
 from videoft.engine.distributed import DistInfo
 from videoft.models.backbones import get_backbone_spec
-from videoft.recipe import FineTuneRecipe, build_recipe, resolve_preprocessing
+from videoft.recipe import FineTuneRecipe, resolve_preprocessing
+from videoft.runner import build_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_PROCESS = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides) + (["resume=auto"] if args.resume else [])
     cfg = load_config(args.config, overrides)  # a ConfigError is a user error: one message, exit 2
     from videoft.engine.train import NonFiniteLossError  # heavy imports once the config is valid
-    from videoft.recipe import run
+    from videoft.runner import run
 
     try:
         summary = run(cfg)

@@ -1,6 +1,6 @@
 """The linear probe solved on cached features (train.linear_probe with train.probe_solver=lbfgs).
 
-    recipe = build_recipe(cfg, dist_info, out_dir)   # videoft.recipe: picks this class for such configs
+    recipe = build_recipe(cfg, dist_info, out_dir)   # videoft.runner: picks this class for such configs
     recipe.setup()      # as FineTuneRecipe's, with the validation views' features cached too
     summary = recipe.fit()  # one solve (engine/probe.py) as one 'epoch': validated and saved
 

@@ -4,10 +4,10 @@
     recipe.setup()      # data, checks, model, optimizer, loaders, LR schedule, resume, DDP wrap (in this order)
     summary = recipe.fit()
 
-`build_recipe(cfg, ...)` picks the class: this one, or `SolvedProbeRecipe` (videoft/probe_recipe.py) for a
-linear probe solved on cached features. `run(cfg)` does all of it (with the process group and logging)
-for tools/train.py. Each setup step is a method that can be called and tested on its own; what the run
-has done so far lives in one `RunState`, which every checkpoint saves and `maybe_resume` restores.
+`SolvedProbeRecipe` (videoft/probe_recipe.py) builds on it for a linear probe solved on cached features;
+videoft/runner.py picks the class (`build_recipe`) and runs it (`run`, for tools/train.py). Each setup step
+is a method that can be called and tested on its own; what the run has done so far lives in one
+`RunState`, which every checkpoint saves and `maybe_resume` restores.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from videoft.checkpoint import (
     init_from_checkpoint,
     read_run_checkpoint,
 )
-from videoft.config import Config, ConfigError, OptimConfig, dump_config
+from videoft.config import Config, OptimConfig, dump_config
 from videoft.data.dataset import load_splits, split_summary
 from videoft.data.loaders import build_eval_loader, build_train_loader
 from videoft.data.prepared import read_preparation
@@ -45,8 +45,6 @@ from videoft.engine.distributed import (
     DistInfo,
     barrier,
     broadcast_from_main,
-    cleanup_distributed,
-    setup_distributed,
     sync_bn_stats,
 )
 from videoft.engine.ema import build_ema, held_in
@@ -617,33 +615,3 @@ class FineTuneRecipe:
         if self.dist.is_main:
             shutil.rmtree(out / "feature_cache", ignore_errors=True)
         return summary
-
-
-def build_recipe(cfg: Config, dist: DistInfo, out_dir: Path) -> FineTuneRecipe:
-    """The recipe for this config: SolvedProbeRecipe for the linear probe solved on cached features
-    (train.linear_probe with train.probe_solver=lbfgs), FineTuneRecipe for everything trained by steps."""
-    from videoft.probe_recipe import SolvedProbeRecipe  # it builds on this module
-
-    t = cfg.train
-    solved = t.linear_probe and t.cache_features and t.probe_solver == "lbfgs"
-    return (SolvedProbeRecipe if solved else FineTuneRecipe)(cfg, dist, out_dir)
-
-
-def run(cfg: Config, on_epoch_end: EpochHook | None = None) -> dict:
-    """Train and validate as configured; returns the final summary (best metric, paths).
-
-    `on_epoch_end`: see `FineTuneRecipe.fit`."""
-    dist = setup_distributed()
-    out_dir = Path(cfg.out_dir)
-    try:  # on every rank (exist_ok), so a failure is every rank's error and none waits at the barrier
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError([f"out_dir: {out_dir} cannot be created ({exc.strerror or exc})"]) from None
-    barrier()
-    setup_logging(dist, out_dir)
-    try:
-        recipe = build_recipe(cfg, dist, out_dir)
-        recipe.setup()
-        return recipe.fit(on_epoch_end)
-    finally:
-        cleanup_distributed()

@@ -23,7 +23,8 @@ from videoft.engine.probe import (
 )
 from videoft.inference import load_model
 from videoft.models.backbones import get_backbone_spec
-from videoft.recipe import FineTuneRecipe, build_recipe
+from videoft.recipe import FineTuneRecipe
+from videoft.runner import build_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 ONE_PROCESS = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))

@@ -3,7 +3,7 @@
     python -m videoft.sweep.trial CONFIG [key=value ...] [--time-budget S] [--parent-pid PID]
 
 tools/sweep.py starts one per trial, so a crash, a memory leak or a hung decoder stays inside it. The run
-is `videoft.recipe.run`, as tools/train.py runs it, with a per-epoch hook that stops at an epoch boundary
+is `videoft.runner.run`, as tools/train.py runs it, with a per-epoch hook that stops at an epoch boundary
 when another epoch would not fit in the budget. The outcome (the error, or why the run stopped early) is
 written to out_dir/trial_status.json for the sweep; the metrics are the run's own metrics.jsonl.
 """
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from videoft.recipe import run  # heavy imports after the config is read
+    from videoft.runner import run  # heavy imports after the config is read
 
     try:
         summary = run(cfg, on_epoch_end=budget)
