@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - depends on the platform
 import av
 
 from videoft.choices import DECODERS
-from videoft.data.prepared import FrameFolder, is_frame_folder
+from videoft.data.prepared import FrameFolder, is_frame_folder, resized_shape
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +72,6 @@ class VideoInfo:
     @property
     def duration(self) -> float:
         return self.num_frames / self.fps if self.fps > 0 else 0.0
-
-
-def resized_shape(width: int, height: int, short_side: int | None) -> tuple[int, int]:
-    """(width, height) with the short side scaled to `short_side`, aspect ratio kept.
-
-    decord needs both sizes (given one, it does not keep the aspect ratio); the long side is
-    rounded to an even number because some scalers misbehave on odd sizes.
-    """
-    if not short_side:
-        return width, height
-    long_side = max(2, int(round(max(width, height) * short_side / min(width, height) / 2)) * 2)
-    # never below the short side: rounding to even would turn a square 33x33 into 33x32
-    long_side = max(long_side, short_side)
-    return (short_side, long_side) if width <= height else (long_side, short_side)
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:

@@ -25,6 +25,21 @@ MANIFEST_FORMAT = "videoft.prepared/1"
 FRAME_FORMATS = ("jpeg", "uint8")
 
 
+def resized_shape(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """(width, height) with the short side scaled to `short_side`, aspect ratio kept: the one rule for decoding
+    (decode.py, which reads prepared folders through this module) and for the frames a preparation stores.
+
+    decord needs both sizes (given one, it does not keep the aspect ratio); the long side is
+    rounded to an even number because some scalers misbehave on odd sizes.
+    """
+    if not short_side:
+        return width, height
+    long_side = max(2, int(round(max(width, height) * short_side / min(width, height) / 2)) * 2)
+    # never below the short side: rounding to even would turn a square 33x33 into 33x32
+    long_side = max(long_side, short_side)
+    return (short_side, long_side) if width <= height else (long_side, short_side)
+
+
 def is_frame_folder(path: str | os.PathLike) -> bool:
     """A `<name>.frames` folder holding a meta.json: a prepared video in frame form."""
     path = str(path)
@@ -55,7 +70,6 @@ class FrameFolder:
             raise ValueError(f"{META_NAME} format {self.format!r} is not one of {FRAME_FORMATS}")
         if self.num_frames <= 0:
             raise ValueError("the frame folder has no frames")
-        from videoft.data.decode import resized_shape  # decode imports this module
 
         self.out_width, self.out_height = resized_shape(self.width, self.height, short_side)
         self._frames = None
