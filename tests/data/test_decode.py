@@ -18,6 +18,7 @@ from videoft.data.decode import (
     VideoInfo,
     VideoReader,
     _stat_reason,
+    cached_probe,
     probe,
     read_frames,
     resized_shape,
@@ -176,6 +177,19 @@ def test_video_info(make_video, backend):
     assert reader.info == VideoInfo(num_frames=24, fps=12.0, width=64, height=48)
     assert reader.info.duration == pytest.approx(2.0)
     assert probe(path) == reader.info
+
+
+def test_a_header_is_read_once_per_file_until_the_file_changes(tmp_path, make_video):
+    """cached_probe (what VideoReader opens with): a worker reading the same file again pays no container open
+    or rotation decode; a rewritten file (new size or time) is read again."""
+    path = make_video(tmp_path / "v.mp4", num_frames=24)
+    first = cached_probe(str(path))
+    assert cached_probe(str(path)) is first and VideoReader(path).info.num_frames == 24
+    make_video(tmp_path / "v.mp4", num_frames=36)  # the same name, other content
+    os.utime(path, ns=(1, 1))  # a modification time the first file did not have, whatever the clock's grain
+    assert cached_probe(str(path)).num_frames == 36 == VideoReader(path, backend="pyav").info.num_frames
+    with pytest.raises(VideoDecodeError, match="does not exist|No such file"):
+        cached_probe(str(tmp_path / "missing.mp4"))
 
 
 def test_duration_without_fps():

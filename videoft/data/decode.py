@@ -7,6 +7,7 @@ Frames come out upright: a rotation in the file's display matrix (phone footage)
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import math
 import os
@@ -105,6 +106,23 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     return VideoInfo(num_frames=int(num_frames), fps=fps, width=width, height=height, rotation=rotation)
 
 
+def cached_probe(path: str) -> VideoInfo:
+    """`probe`, remembered in this process per file (path, size, modification time): a DataLoader worker
+    (persistent by default) opens the same videos epoch after epoch, and the header costs a container open
+    and, for MP4/MOV/Matroska, one decoded frame (the display rotation): 15 ms of a 720p training clip's
+    96 ms, measured. A changed file is read again; a failure is not remembered."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return probe(path)  # says why, in one line
+    return _probe_once(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _probe_once(path: str, size: int, mtime_ns: int) -> VideoInfo:
+    return probe(path)
+
+
 def _rotation(container: av.container.InputContainer, stream: av.VideoStream) -> int:
     """The display rotation (0/90/180/270, counterclockwise) from the first frame's display matrix.
 
@@ -150,7 +168,7 @@ class VideoReader:
             self.out_width, self.out_height = self._folder.out_width, self._folder.out_height
             self.info = VideoInfo(self._folder.num_frames, self._folder.fps, self._folder.width, self._folder.height)
             return
-        header = probe(self.path)
+        header = cached_probe(self.path)
         self.rotation = header.rotation
         # decoded as stored, then turned: the stored (coded) size is the displayed one, unrotated
         stored = (header.height, header.width) if header.rotation in (90, 270) else (header.width, header.height)
