@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from videoft.choices import AUTO_STAGE
 from videoft.config import Config, ConfigError, from_dict, to_dict
 from videoft.data.transforms import Preprocessing
 from videoft.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -130,7 +131,7 @@ def resume_problems(ckpt: RunCheckpoint, cfg: Config, classes: list[str], pre: P
             was, want = getattr(ckpt.preprocessing, name), getattr(pre, name)
         else:
             was, want = old[section][name], now[section][name]
-        if key == "model.feature_stage" and want == "auto" and was is not None:  # auto: the stage it chose
+        if key == "model.feature_stage" and want == AUTO_STAGE and was is not None:  # auto: the stage it chose
             continue
         if was != want:
             problems.append(f"{key}: checkpoint has {was!r}, config has {want!r}")

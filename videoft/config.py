@@ -13,6 +13,7 @@ import yaml
 
 from videoft.choices import (
     AMP_MODES,
+    AUTO_STAGE,
     BEST_CHECKPOINTS,
     BEST_METRICS,
     BN_MODES,
@@ -247,7 +248,8 @@ def validate(cfg: Config) -> list[str]:
     if t.ema_decay and t.linear_probe and t.cache_features and t.probe_solver == "lbfgs":
         problems.append("train.ema_decay averages the weights of gradient steps: the lbfgs probe solves the head "
                         "exactly (set train.ema_decay=0, or train.probe_solver=sgd)")
-    if cfg.model.feature_stage == "auto" and not (t.linear_probe and t.cache_features and t.probe_solver == "lbfgs"):
+    solved_probe = t.linear_probe and t.cache_features and t.probe_solver == "lbfgs"
+    if cfg.model.feature_stage == AUTO_STAGE and not solved_probe:
         problems.append("model.feature_stage=auto chooses the stage with the solved linear probe: needs "
                         "train.linear_probe=true (with train.cache_features=true, train.probe_solver=lbfgs); "
                         "otherwise name a stage")

@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 
 from videoft.checkpoint import read_run_checkpoint
+from videoft.choices import AUTO_STAGE
 from videoft.engine.distributed import broadcast_from_main
 from videoft.engine.evaluate import centre_view_index, predict_from_features
 from videoft.engine.features import cache_eval_features
 from videoft.engine.logger import RunLogger
 from videoft.engine.probe import ProbeFit, StageChoice, load_into_head, solve_linear_probe, solve_probe_over_stages
-from videoft.models.backbones import AUTO_STAGE, get_backbone_spec, through_stage
+from videoft.models.backbones import get_backbone_spec, through_stage
 from videoft.models.classifier import StageFeatures
 from videoft.models.freezing import freeze_stages
 from videoft.recipe import EpochHook, FineTuneRecipe, val_columns

@@ -32,6 +32,7 @@ from videoft.checkpoint import (
     init_from_checkpoint,
     read_run_checkpoint,
 )
+from videoft.choices import AUTO_STAGE
 from videoft.config import Config, OptimConfig, dump_config
 from videoft.data.dataset import load_splits, split_summary
 from videoft.data.loaders import build_eval_loader, build_train_loader
@@ -63,7 +64,7 @@ from videoft.engine.train import (
     train_one_epoch,
 )
 from videoft.errors import CheckpointError
-from videoft.models.backbones import AUTO_STAGE, BackboneSpec, get_backbone_spec, through_stage
+from videoft.models.backbones import BackboneSpec, get_backbone_spec, through_stage
 from videoft.models.classifier import FeatureExtractor, VideoClassifier, build_classifier
 from videoft.models.freezing import UnfreezeSchedule, freeze_stages, param_groups
 from videoft.preflight import audit_splits, check_run

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TypedDict
 
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset, default_collate
 
 from videoft.data.clip_indices import FrameRange, Span, eval_clip_indices, train_clip_indices, union_indices
 from videoft.data.decode import VideoDecodeError, VideoReader
@@ -373,17 +373,6 @@ class VideoClipDataset(Dataset):
                         failures=[(err.path, err.reason)])
 
 
-def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """torch.stack; in a DataLoader worker, straight into shared memory (as torch's default_collate does), so
-    the batch is not copied again to be sent."""
-    if get_worker_info() is None:
-        return torch.stack(tensors)
-    like = tensors[0]
-    storage = like._typed_storage()._new_shared(sum(t.numel() for t in tensors), device=like.device)
-    out = like.new(storage).resize_(len(tensors), *like.shape)
-    return torch.stack(tensors, out=out)
-
-
 def collate(batch: list[Item]) -> Batch:
     """Stack clips and labels; keep failures and frame indices as lists.
 
@@ -393,7 +382,7 @@ def collate(batch: list[Item]) -> Batch:
     like = next((b["video"] for b in batch if b["video"] is not None), None)
     videos = [] if like is None else [b["video"] if b["video"] is not None else torch.zeros_like(like) for b in batch]
     return Batch(
-        video=_stack(videos) if videos else torch.empty(0),
+        video=default_collate(videos) if videos else torch.empty(0),  # in a worker: straight into shared memory
         label=torch.tensor([b["label"] for b in batch]),
         index=torch.tensor([b["index"] for b in batch]),
         valid=torch.tensor([b["valid"] for b in batch]),

@@ -41,7 +41,7 @@ with warnings.catch_warnings():
     from pytorchvideo.models.hub import vision_transformers as _pv_vit
     from pytorchvideo.models.hub import x3d as _pv_x3d
 
-from videoft.choices import ON_MISSING_WEIGHTS, weights_source_problem
+from videoft.choices import AUTO_STAGE, ON_MISSING_WEIGHTS, weights_source_problem
 from videoft.errors import ConfigError, UserError, WeightsError
 from videoft.models.weights import (
     WeightsUnavailableError,
@@ -250,9 +250,6 @@ def drop_path_problem(spec: BackboneSpec, drop_path: float | None) -> str | None
         return None
     having = sorted(s.name for s in BACKBONES.values() if s.drop_path_arg)
     return f"model.drop_path: {spec.name} has no stochastic depth (backbones with it: {', '.join(having)})"
-
-
-AUTO_STAGE = "auto"  # model.feature_stage: the linear probe solved on every stage's features keeps the best
 
 
 def feature_stage_problem(spec: BackboneSpec, stage: str | None) -> str | None:
