@@ -49,9 +49,11 @@ class Setup:
 
 
 def videoft_train(samples: Sequence[VideoSample], s: Setup, train_clips: int = 1) -> DataLoader:
-    """train_clips > 1: that many clips per video from one decode, batch_size / train_clips videos a batch."""
+    """As tools/train.py builds it (persistent workers: what a worker learns about a file, e.g. its header,
+    serves the next epochs). train_clips > 1: that many clips per video from one decode, batch_size /
+    train_clips videos a batch."""
     return build_train_loader(samples, s.pre, batch_size=max(1, s.batch // train_clips), num_workers=s.workers,
-                              seed=0, persistent_workers=False, train_clips=train_clips)
+                              seed=0, persistent_workers=True, train_clips=train_clips)
 
 
 def videoft_eval(samples: Sequence[VideoSample], s: Setup) -> DataLoader:
@@ -142,12 +144,15 @@ def lower_bound_loader(samples: Sequence[VideoSample], s: Setup) -> DataLoader:
 
 def clips_per_second(make_loader: Callable[[], DataLoader], repeats: int, *, clips_per_item: int = 1
                      ) -> dict[str, float]:
-    """Median/min/max clips/s over `repeats` full passes, a fresh loader each, timed from its first batch
-    (worker start-up, the same for every contender, left out); an untimed pass first warms the file cache."""
+    """Median/min/max clips/s over `repeats` full passes (epochs) of one loader, each timed from its first
+    batch (worker start-up, the same for every contender, left out); an untimed first pass warms the file
+    cache (and a persistent worker's own caches, as a training run's first epoch does)."""
     rates = []
+    loader = make_loader()
     for r in range(repeats + 1):
+        _set_epoch(loader, r)
         start, clips = None, 0
-        for batch in make_loader():
+        for batch in loader:
             if start is None:  # the first batch: workers are up
                 start = time.perf_counter()
                 continue
@@ -159,6 +164,12 @@ def clips_per_second(make_loader: Callable[[], DataLoader], repeats: int, *, cli
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
 
 
+def _set_epoch(loader: DataLoader, epoch: int) -> None:
+    """A new epoch's random clips, as the training loop asks for them (videoft's samplers only)."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+
+
 def _batch_clips(batch: Any) -> int:
     if isinstance(batch, torch.Tensor):
         return batch.shape[0]
@@ -166,18 +177,20 @@ def _batch_clips(batch: Any) -> int:
 
 
 def worker_rss(make_loader: Callable[[], DataLoader], min_clips: int, *, clips_per_item: int = 1) -> dict[str, float]:
-    """Peak memory (GB) of the loader's worker processes over at least `min_clips` clips, as pass after pass
-    (persistent workers where the loader has them): the peak RSS and the peak USS (private memory: what a
+    """Peak memory (GB) of the loader's worker processes over at least `min_clips` clips, in passes of one
+    loader (its workers live through them where the loader keeps them, as a training run's do): the peak RSS and the peak USS (private memory: what a
     worker adds; RSS also counts the pages it shares with the process that forked it), and the peak USS
     over the first and the last tenth of the clips (flat: last / first close to 1)."""
     samples: list[tuple[int, float, float]] = []
-    clips = 0
+    clips, epoch = 0, 0
+    loader = make_loader()
     while clips < min_clips:
-        loader = make_loader()
+        _set_epoch(loader, epoch)
         for batch in loader:
             clips += _batch_clips(batch) * clips_per_item
             samples.append((clips, *_children_memory_gb()))
-        del loader
+        epoch += 1
+    del loader
     tenth = max(1, len(samples) // 10)
     first = max(u for _, _, u in samples[:tenth])
     last = max(u for _, _, u in samples[-tenth:])
