@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 import pytest
@@ -299,10 +300,11 @@ def test_collate_train_items(samples):
 
 
 class RecordingReader:
-    """A real VideoReader that records the frames each get_frames call asks for."""
+    """A real VideoReader that records what its frame reads ask for and how many of the frames it handed out
+    one at a time are still alive (held by the caller) as each next one comes."""
 
     def __init__(self, reader: VideoReader):
-        self.reader, self.calls = reader, []
+        self.reader, self.calls, self.read, self.most_alive = reader, [], [], 0
 
     def __getattr__(self, name):
         return getattr(self.reader, name)
@@ -311,20 +313,32 @@ class RecordingReader:
         self.calls.append(list(indices))
         return self.reader.get_frames(indices)
 
+    def iter_frames(self, indices):
+        alive = []
+        for index, frame in self.reader.iter_frames(indices):
+            self.read.append(index)
+            alive.append(weakref.ref(frame))
+            self.most_alive = max(self.most_alive, sum(ref() is not None for ref in alive))
+            yield index, frame
+
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
-def test_eval_views_decode_the_union_once_and_each_view_holds_its_frames(make_video, backend):
-    """10 overlapping clips of a 30-frame video: one decode call over their union, each frame once, in
-    order; every view holds its own clip's frames."""
-    path = make_video(num_frames=30, width=32, height=32)
+def test_eval_views_read_the_union_once_and_each_view_holds_its_frames(make_video, backend):
+    """10 overlapping clips of a 60-frame video: one forward read over their union, each frame once, in
+    order; every view holds its own clip's frames; with decord a frame is let go once no later clip needs
+    it (the frames alive at once stay those of the clips in progress, not the whole union)."""
+    path = make_video(num_frames=60, width=32, height=32)
     reader = RecordingReader(VideoReader(path, backend=backend))
     assert reader.backend == backend
     views, clips = decode_views(reader, clip_len=4, stride=2, num_clips=10,
                                 transform=lambda x: x.permute(3, 0, 1, 2).unsqueeze(0))  # [1, C, T, H, W]
-    assert clips == eval_clip_indices(30, 4, 2, 10) and views.shape == (10, 3, 4, 32, 32)
+    assert clips == eval_clip_indices(60, 4, 2, 10) and views.shape == (10, 3, 4, 32, 32)
     for view, clip in zip(views, clips):
         assert view[:, :, 16, 16].float().mean(0).round().tolist() == [frame_value(t) for t in clip]
-    assert reader.calls == [union_indices(clips)[0]]
+    union = union_indices(clips)[0]
+    assert reader.read == union and len(union) == 32
+    if backend == "decord":
+        assert reader.calls == [] and reader.most_alive <= 2 * 4  # two clips' frames at most, of 32
 
 
 def _run_loader(ds, num_workers):

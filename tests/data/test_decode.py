@@ -59,6 +59,54 @@ def test_exact_frames(lossless_video, backend, indices):
     assert reader.backend == backend  # decord really decoded them: no silent fallback
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("indices", [
+    [0, 3, 9, 10, 25, 33],     # across several keyframes (one every 8 frames): seeks and forward reads
+    [17, 3, 3, 0, 17],         # unsorted, repeats: each once, ascending
+    [36, 39, 45, 50],          # past the end: clamped to the last frame
+])
+def test_iter_frames_hands_out_what_get_frames_decodes(make_video, backend, indices):
+    """A forward read (decord: skip_frames / next, a seek where a keyframe lies between) gives the very
+    frames one get_frames call gives, one at a time, in ascending index order."""
+    path = make_video(num_frames=40, lossless=False)  # 64x48 H.264, a keyframe every 8 frames
+    reader = VideoReader(path, backend=backend)
+    got = list(reader.iter_frames(indices))
+    wanted = sorted(set(indices))
+    assert [i for i, _ in got] == wanted
+    assert reader.backend == backend
+    assert torch.equal(torch.stack([f for _, f in got]), VideoReader(path, backend=backend).get_frames(wanted))
+
+
+def test_iter_frames_at_a_size_decord_garbles_gives_the_right_frames(make_video):
+    """At 48x32 decord 0.6's get_batch fails ("from_size == to_size") and its next() hands out a 4-byte-per-
+    pixel buffer instead of failing: the forward read must notice and give what get_frames gives."""
+    path = make_video(num_frames=20, width=48, height=32)
+    got = list(VideoReader(path).iter_frames([1, 4, 9]))
+    assert [tuple(f.shape) for _, f in got] == [(32, 48, 3)] * 3
+    assert_frames(torch.stack([f for _, f in got]), [1, 4, 9])
+
+
+def test_iter_frames_finishes_through_get_frames_when_decord_fails_midway(lossless_video):
+    """decord failing after a few frames (as on a file whose index over-reports): the rest comes from
+    get_frames, which falls back to PyAV; every frame still the one asked for."""
+    reader = VideoReader(lossless_video, backend="auto")
+    assert reader.backend == "decord"
+    real_next, calls = reader._vr.next, []
+
+    def failing_next():
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("injected decord failure")
+        return real_next()
+
+    reader._vr.next = failing_next
+    reader._vr.get_batch = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("injected decord failure"))
+    got = list(reader.iter_frames([2, 5, 8, 11, 14, 20]))
+    assert [i for i, _ in got] == [2, 5, 8, 11, 14, 20]
+    assert_frames(torch.stack([f for _, f in got]), [2, 5, 8, 11, 14, 20])
+    assert reader.backend == "pyav"  # the rest came from PyAV
+
+
 def test_read_frames_helper(lossless_video):
     assert_frames(read_frames(lossless_video, [7, 2]), [7, 2])
 

@@ -274,14 +274,34 @@ def decode_views(reader: VideoReader, *, clip_len: int, stride: int, num_clips: 
                  transform: Callable[[torch.Tensor], torch.Tensor],
                  span: FrameRange | None = None) -> tuple[torch.Tensor, list[list[int]]]:
     """The evaluation views of a video: `num_clips` clips spread over its whole length (or over
-    `span`, [first, stop) frames), decoded in one pass over their union, each transformed (1 or 3
-    crops). Returns the views [clips * crops, C, T, H, W] and each clip's frame indices (clamped
-    to the frames that decode)."""
+    `span`, [first, stop) frames), each transformed (1 or 3 crops). Returns the views [clips * crops, C,
+    T, H, W] and each clip's frame indices (clamped to the frames that decode).
+
+    One forward pass over the union of the clips' frames (`VideoReader.iter_frames`, where the reader
+    has it): a clip is transformed as soon as its last frame is read, and a frame is let go once no
+    later clip needs it, so a worker holds the frames of the clips in progress, not the whole union."""
     clips = eval_clip_indices(reader.info.num_frames, clip_len, stride, num_clips, span=span)
-    frames_needed, positions = union_indices(clips)
-    frames = reader.get_frames(frames_needed)  # one pass over the union of the clips
+    if not hasattr(reader, "iter_frames"):  # a reader in a decode child (watchdog): the union in one call
+        frames_needed, positions = union_indices(clips)
+        frames = reader.get_frames(frames_needed)
+        clips = [[min(i, reader.info.num_frames - 1) for i in c] for c in clips]  # after any clamping
+        return views_from_frames(frames, positions, transform), clips
+    last_use = {i: k for k, clip in enumerate(clips) for i in clip}  # clips start in order: the last clip reading i
+    held: dict[int, torch.Tensor] = {}
+    views, done = None, 0
+    for index, frame in reader.iter_frames(list(last_use)):
+        held[index] = frame
+        while done < len(clips) and max(clips[done]) <= index:  # every frame of clip `done` is in
+            view = transform(torch.stack([held[i] for i in clips[done]]))  # [crops, C, T, h, w]
+            if views is None:
+                views = view.new_empty((len(clips) * len(view), *view.shape[1:]))
+            views[done * len(view):(done + 1) * len(view)] = view
+            for i in set(clips[done]):
+                if last_use[i] == done:
+                    del held[i]
+            done += 1
     clips = [[min(i, reader.info.num_frames - 1) for i in c] for c in clips]  # after any clamping
-    return views_from_frames(frames, positions, transform), clips
+    return views, clips
 
 
 class VideoClipDataset(Dataset):
