@@ -20,7 +20,9 @@ import torch
 from tests.conftest import TINY_TRAIN_OVERRIDES
 from videoft.config import load_config
 from videoft.data import decode, watchdog
+from videoft.data.dataset import decode_views
 from videoft.data.decode import VideoDecodeError, VideoReader
+from videoft.data.transforms import EvalPreset
 from videoft.data.watchdog import DecodeProcess, GuardedReader
 from videoft.engine.distributed import DistInfo
 from videoft.recipe import FineTuneRecipe
@@ -58,6 +60,25 @@ def test_guarded_reader_gives_the_frames_videoreader_gives(lossless_video, share
         assert torch.equal(guarded.get_frames(indices), direct.get_frames(indices))
         with pytest.raises(ValueError, match="negative frame index"):  # a caller's bug comes back as itself
             guarded.get_frames([-1])
+    finally:
+        process.close()
+
+
+@pytest.mark.parametrize("shared_bytes", [watchdog.SHARED_BYTES, 1])  # views in shared memory / the pipe
+def test_evaluation_views_are_made_in_the_decode_child(lossy_video, shared_bytes, monkeypatch):
+    """Under the time limit, an evaluation item's views are built where the frames are decoded: the views
+    that come back equal those made in process, and no frames are fetched into the caller."""
+    monkeypatch.setattr(watchdog, "SHARED_BYTES", shared_bytes)
+    process = DecodeProcess(30)
+    try:
+        guarded = process.open(lossy_video, short_side=32, backend="auto")
+        monkeypatch.setattr(GuardedReader, "get_frames", lambda *a: pytest.fail("frames fetched into the caller"))
+        args = {"clip_len": 4, "stride": 2, "num_clips": 5, "transform": EvalPreset(crop_size=32, short_side=32)}
+        views, clips = decode_views(guarded, **args)
+        direct_views, direct_clips = decode_views(VideoReader(lossy_video, short_side=32), **args)
+        assert views.shape == (5, 3, 4, 32, 32) and views.dtype == torch.uint8
+        assert torch.equal(views, direct_views) and clips == direct_clips
+        assert guarded.backend == "decord"
     finally:
         process.close()
 

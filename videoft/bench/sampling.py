@@ -178,9 +178,10 @@ def _batch_clips(batch: Any) -> int:
 
 def worker_rss(make_loader: Callable[[], DataLoader], min_clips: int, *, clips_per_item: int = 1) -> dict[str, float]:
     """Peak memory (GB) of the loader's worker processes over at least `min_clips` clips, in passes of one
-    loader (its workers live through them where the loader keeps them, as a training run's do): the peak RSS and the peak USS (private memory: what a
-    worker adds; RSS also counts the pages it shares with the process that forked it), and the peak USS
-    over the first and the last tenth of the clips (flat: last / first close to 1)."""
+    loader (its workers live through them where the loader keeps them, as a training run's do): the peak
+    RSS and the peak USS (private memory: what a worker adds; RSS also counts the pages it shares with the
+    process that forked it), and the peak USS over the first and the last tenth of the clips (flat: last /
+    first close to 1)."""
     samples: list[tuple[int, float, float]] = []
     clips, epoch = 0, 0
     loader = make_loader()

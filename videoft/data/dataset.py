@@ -30,7 +30,7 @@ from videoft.data.decode import VideoDecodeError, VideoReader
 from videoft.data.prepared import FRAMES_SUFFIX
 from videoft.data.samplers import epoch_key
 from videoft.data.segments import parse_span, recording_split, split_whitespace_line
-from videoft.data.watchdog import decode_process
+from videoft.data.watchdog import GuardedReader, decode_process
 from videoft.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -277,15 +277,14 @@ def decode_views(reader: VideoReader, *, clip_len: int, stride: int, num_clips: 
     `span`, [first, stop) frames), each transformed (1 or 3 crops). Returns the views [clips * crops, C,
     T, H, W] and each clip's frame indices (clamped to the frames that decode).
 
-    One forward pass over the union of the clips' frames (`VideoReader.iter_frames`, where the reader
-    has it): a clip is transformed as soon as its last frame is read, and a frame is let go once no
-    later clip needs it, so a worker holds the frames of the clips in progress, not the whole union."""
+    One forward pass over the union of the clips' frames (`VideoReader.iter_frames`): a clip is transformed
+    as soon as its last frame is read, and a frame is let go once no later clip needs it, so a worker holds
+    the frames of the clips in progress, not the whole union. Under `data.decode_timeout` (a reader in the
+    decode child) the views are made in the child and only they come back."""
+    if isinstance(reader, GuardedReader):
+        return reader.apply(decode_views, clip_len=clip_len, stride=stride, num_clips=num_clips,
+                            transform=transform, span=span)
     clips = eval_clip_indices(reader.info.num_frames, clip_len, stride, num_clips, span=span)
-    if not hasattr(reader, "iter_frames"):  # a reader in a decode child (watchdog): the union in one call
-        frames_needed, positions = union_indices(clips)
-        frames = reader.get_frames(frames_needed)
-        clips = [[min(i, reader.info.num_frames - 1) for i in c] for c in clips]  # after any clamping
-        return views_from_frames(frames, positions, transform), clips
     last_use = {i: k for k, clip in enumerate(clips) for i in clip}  # clips start in order: the last clip reading i
     held: dict[int, torch.Tensor] = {}
     views, done = None, 0

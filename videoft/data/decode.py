@@ -273,7 +273,8 @@ class VideoReader:
     @staticmethod
     def _keyframe_between(keyframes: list[int] | None, position: int, index: int) -> bool:
         """A keyframe after `position` and at or before `index`: seeking there decodes less than reading on."""
-        return keyframes is not None and bisect.bisect_right(keyframes, index) > bisect.bisect_right(keyframes, position)
+        return keyframes is not None and \
+            bisect.bisect_right(keyframes, index) > bisect.bisect_right(keyframes, position)
 
     def _upright(self, frames: torch.Tensor) -> torch.Tensor:  # [T, H, W, C] as stored -> as displayed
         """Turn stored frames by the display rotation (counterclockwise, as FFmpeg's autorotate does)."""

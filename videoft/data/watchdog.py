@@ -184,7 +184,7 @@ def decode_process(timeout: float) -> DecodeProcess:
 
 class GuardedReader:
     """:class:`VideoReader`'s interface (`path`, `info`, `backend`, `get_frames`), decoded in a
-    :class:`DecodeProcess` with its time limit on the opening and on every `get_frames`."""
+    :class:`DecodeProcess` with its time limit on the opening, on every `get_frames` and `apply`."""
 
     def __init__(self, process: DecodeProcess, path: str | os.PathLike, *, short_side: int | None, backend: str):
         self.process, self.path = process, str(path)
@@ -196,6 +196,15 @@ class GuardedReader:
         frames, self.info, self.backend = self.process.request(
             self.path, ("frames", self.path, self.short_side, self.requested_backend, [int(i) for i in indices]))
         return torch.from_numpy(frames)
+
+    def apply(self, fn: Callable[..., tuple], *args: Any, **kwargs: Any) -> tuple:
+        """`fn(reader, *args, **kwargs)` run in the child on this video's reader, under the time limit; `fn`
+        (picklable: a module-level function) answers a tuple whose first item is a uint8 tensor. What a
+        caller would otherwise build from the frames (e.g. evaluation views) is built where they are decoded,
+        and only it comes back (through the shared memory)."""
+        first, rest, self.info, self.backend = self.process.request(
+            self.path, ("apply", self.path, self.short_side, self.requested_backend, fn, args, kwargs))
+        return (torch.from_numpy(first), *rest)
 
 
 def _serve(conn: Connection, shared: mmap.mmap) -> None:
@@ -220,17 +229,25 @@ def _serve(conn: Connection, shared: mmap.mmap) -> None:
                 reader = VideoReader(path, short_side=short_side, backend=backend)
             if op == "open":
                 answer = ("ok", (reader.info, reader.backend))
+            elif op == "apply":
+                fn, args, kwargs = rest
+                first, *others = fn(reader, *args, **kwargs)
+                answer = ("ok", (_to_shared(first.numpy(), shared), others, reader.info, reader.backend))
             else:
-                frames = reader.get_frames(rest[0]).numpy()
-                if frames.dtype == np.uint8 and frames.nbytes <= len(shared):
-                    np.ndarray(frames.shape, np.uint8, buffer=shared)[...] = frames
-                    frames = _InShared(frames.shape)
-                answer = ("ok", (frames, reader.info, reader.backend))
+                answer = ("ok", (_to_shared(reader.get_frames(rest[0]).numpy(), shared), reader.info, reader.backend))
         except VideoDecodeError as err:
             answer = ("decode_error", err.reason)
         except Exception as err:  # noqa: BLE001 - a bug: sent back to be raised in the parent
             answer = ("error", _portable(err))
         conn.send(answer)
+
+
+def _to_shared(array: np.ndarray, shared: mmap.mmap) -> np.ndarray | _InShared:
+    """A uint8 answer that fits goes back through the shared buffer (a marker with its shape is sent)."""
+    if array.dtype != np.uint8 or array.nbytes > len(shared):
+        return array
+    np.ndarray(array.shape, np.uint8, buffer=shared)[...] = array
+    return _InShared(array.shape)
 
 
 def _die_with_parent(parent: int) -> None:
