@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import gc
 import logging
 import mmap
 import os
@@ -134,6 +135,10 @@ class DecodeProcess:
         if pid == 0:  # the child: serve until the parent closes its end or dies, never return
             code = 0
             try:
+                # objects inherited from the parent are never collected here: a garbage cycle holding a decord
+                # reader would run its destructor, which joins a decoder thread that does not exist in a fork
+                # (the child hung there, seen in the tests, where the parent process decodes too)
+                gc.freeze()
                 parent_end.close()
                 _die_with_parent(parent)
                 _serve(child_end, self._shared)
