@@ -4,6 +4,7 @@ no thread or signal in the decoding process could interrupt it; only killing the
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import os
 import pickle
@@ -81,6 +82,27 @@ def test_evaluation_views_are_made_in_the_decode_child(lossy_video, shared_bytes
         assert guarded.backend == "decord"
     finally:
         process.close()
+
+
+def test_a_decord_reader_left_in_garbage_by_the_parent_does_not_hang_the_child(lossless_video):
+    """A decord reader in a garbage cycle of the parent, inherited by the forked child: collecting it there
+    would run its destructor, which joins a decoder thread the fork does not have (a hang). The child leaves
+    what it inherited alone: a full collection in the child returns at once."""
+    gc.disable()  # the cycle must still be there when the child is forked (an explicit collect still runs)
+    try:
+        reader = VideoReader(lossless_video, backend="decord")
+        reader.get_frames([0, 5])  # decord's decoder thread is running
+        cycle = [reader]
+        cycle.append(cycle)
+        del reader, cycle
+        process = DecodeProcess(10)
+        try:
+            assert process.call(lossless_video, gc.collect) >= 0  # hung for the 10 s limit before gc.freeze
+        finally:
+            process.close()
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 def test_a_decode_that_blocks_holding_the_gil_is_abandoned(tmp_path, lossless_video, misbehaving_decoder):
