@@ -7,6 +7,7 @@ Frames come out upright: a rotation in the file's display matrix (phone footage)
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import errno
 import functools
 import logging
@@ -14,7 +15,7 @@ import math
 import os
 import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
@@ -70,6 +71,8 @@ class VideoInfo:
     width: int
     height: int
     rotation: int = 0  # degrees counterclockwise the stored frames are turned to display them: 0, 90, 180, 270
+    codec: str = field(default="", compare=False)      # FFmpeg's names, e.g. "h264", "hevc", "mpeg4"
+    container: str = field(default="", compare=False)  # e.g. "mov,mp4,m4a,3gp,3g2,mj2", "avi"
 
     @property
     def duration(self) -> float:
@@ -95,6 +98,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             if not num_frames and container.duration:
                 num_frames = int(round(container.duration / av.time_base * fps))
             width, height = stream.codec_context.width, stream.codec_context.height
+            codec, container_name = stream.codec_context.name, container.format.name
             rotation = _rotation(container, stream) if num_frames else 0
     except VideoDecodeError:
         raise
@@ -104,7 +108,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         raise VideoDecodeError(path, "video stream has no frame size")
     if rotation in (90, 270):
         width, height = height, width
-    return VideoInfo(num_frames=int(num_frames), fps=fps, width=width, height=height, rotation=rotation)
+    return VideoInfo(num_frames=int(num_frames), fps=fps, width=width, height=height, rotation=rotation,
+                     codec=codec, container=container_name)
 
 
 def cached_probe(path: str) -> VideoInfo:
@@ -182,13 +187,16 @@ class VideoReader:
             # resizing, a 4-channel buffer at the native size): PyAV decodes them as stored, we turn them.
             # Expected for phone footage, so not a warning (the audit lists rotated files)
             log.debug("%s: rotated %d degrees (display matrix); decoding with PyAV", self.path, header.rotation)
+        elif backend == "auto" and decord is not None and not decord_seeks_right(self.path, header):
+            # decord misplaces frames after a seek in some formats (HEVC with B-frames, H.264 in AVI, ...)
+            log.debug("%s: decord's frames after a seek differ from PyAV's; decoding with PyAV", self.path)
         elif backend != "pyav" and decord is not None:
             try:
                 self._resize_after = (self.out_width, self.out_height) in _decord_bad_sizes
                 self._vr = self._open_decord()
                 self.backend = "decord"
-                header = VideoInfo(len(self._vr), float(self._vr.get_avg_fps()) or header.fps,
-                                   header.width, header.height, header.rotation)
+                header = dataclasses.replace(header, num_frames=len(self._vr),
+                                             fps=float(self._vr.get_avg_fps()) or header.fps)
             except Exception as exc:  # decord raises RuntimeError or its own DECORDError
                 if backend == "decord":
                     raise VideoDecodeError(self.path, f"decord cannot open it ({_short(exc)})") from None
@@ -412,6 +420,41 @@ class _FrameNumbering:
         if previous is not None and index != previous + 1:
             raise _IrregularTimestamps(f"frame {index} follows frame {previous} (variable frame rate?)")
         return index
+
+
+# (codec, container) pairs whose frames decord placed right after seeks, bit for bit against a sequential decode
+# (generated files, session 8: H.264 in MP4 and Matroska with and without B-frames, VP9 in WebM): not checked
+_DECORD_SEEKS_RIGHT = {("h264", "mov,mp4,m4a,3gp,3g2,mj2"), ("h264", "matroska,webm"), ("vp9", "matroska,webm"),
+                       ("vp8", "matroska,webm")}
+
+
+def decord_seeks_right(path: str, header: VideoInfo) -> bool:
+    """Whether decord's frames after a seek are the right ones in this file. It returns other frames for
+    some formats (measured: HEVC with B-frames in MP4, H.264 in AVI, MPEG-4 Part 2 with B-frames): those
+    are decoded with PyAV. Formats known to be right are not checked; others are checked once per file in
+    this process (cached like the header): a few frames just after three keyframes, decord against PyAV
+    at the native size, where the same FFmpeg decoder gives equal pixels."""
+    if (header.codec, header.container) in _DECORD_SEEKS_RIGHT:
+        return True
+    try:
+        st = os.stat(path)
+    except OSError:
+        return True  # the reader says why
+    return _decord_seek_check(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _decord_seek_check(path: str, size: int, mtime_ns: int) -> bool:
+    try:
+        vr = decord.VideoReader(path, num_threads=1)
+        keys = [k for k in vr.get_key_indices() if 0 < k < len(vr) - 1]
+        groups = [[k, k + 1] for k in sorted({keys[0], keys[len(keys) // 2], keys[-1]})] if keys else []
+        got = [vr.get_batch(g) for g in groups]
+        del vr
+        pyav = VideoReader(path, backend="pyav")
+        return all(torch.equal(d, pyav.get_frames(g)) for d, g in zip(got, groups))
+    except Exception:  # noqa: BLE001 - a file either decoder cannot read: the reader's own fallbacks decide
+        return True
 
 
 def read_frames(path: str | os.PathLike, indices: Sequence[int], *, short_side: int | None = None,
