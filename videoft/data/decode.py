@@ -424,8 +424,7 @@ class _FrameNumbering:
 
 # (codec, container) pairs whose frames decord placed right after seeks, bit for bit against a sequential decode
 # (generated files, session 8: H.264 in MP4 and Matroska with and without B-frames, VP9 in WebM): not checked
-_DECORD_SEEKS_RIGHT = {("h264", "mov,mp4,m4a,3gp,3g2,mj2"), ("h264", "matroska,webm"), ("vp9", "matroska,webm"),
-                       ("vp8", "matroska,webm")}
+_DECORD_SEEKS_RIGHT = {("h264", "mov,mp4,m4a,3gp,3g2,mj2"), ("h264", "matroska,webm"), ("vp9", "matroska,webm")}
 
 
 def decord_seeks_right(path: str, header: VideoInfo) -> bool:
