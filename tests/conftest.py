@@ -30,6 +30,15 @@ def frame_value(t: int) -> int:
     return (5 * t) % 256
 
 
+def mux_frames(out: av.container.OutputContainer, stream: av.VideoStream, frames: np.ndarray) -> None:
+    """Encode RGB frames ([T, H, W, 3] uint8) into `stream` of `out`, then flush the encoder."""
+    for frame in frames:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+
+
 def write_test_video(path: str | Path, frames: np.ndarray, *, fps: int = 25, lossless: bool = True,
                      faststart: bool = False) -> Path:
     """Encode `frames` ([T, H, W, 3] uint8 RGB) to an H.264 mp4 (lossless RGB or yuv420p).
@@ -39,7 +48,7 @@ def write_test_video(path: str | Path, frames: np.ndarray, *, fps: int = 25, los
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    t, h, w, _ = frames.shape
+    _, h, w, _ = frames.shape
     with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"} if faststart else {}) as out:
         if lossless:
             stream = out.add_stream("libx264rgb", rate=Fraction(fps))
@@ -50,12 +59,7 @@ def write_test_video(path: str | Path, frames: np.ndarray, *, fps: int = 25, los
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": "23", "preset": "ultrafast", "threads": "1", "g": "8"}
         stream.width, stream.height = w, h
-        for i in range(t):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[i]), format="rgb24")
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+        mux_frames(out, stream, frames)
     return path
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import textured_frames
+from tests.conftest import mux_frames, textured_frames
 from videoft.data.decode import (
     VideoDecodeError,
     VideoInfo,
@@ -113,11 +113,7 @@ def _encode(path: Path, fmt: str, codec: str, options: dict, num_frames: int = 6
     with av.open(str(path), "w", format=fmt) as out:
         stream = out.add_stream(codec, rate=Fraction(25))
         stream.width, stream.height, stream.pix_fmt, stream.options = 96, 64, "yuv420p", options
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+        mux_frames(out, stream, frames)
     return path
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import mux_frames
 from videoft.data.dataset import VideoClipDataset, VideoSample, decode_views
 from videoft.data.decode import VideoReader, probe
 
@@ -37,11 +38,7 @@ def write_rotated(path: Path, degrees: int) -> Path:
         stream.options = {"crf": "0", "preset": "ultrafast", "threads": "1"}
         stream.height, stream.width = stored.shape[1:3]
         stream.set_display_rotation(degrees)
-        for frame in stored:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+        mux_frames(out, stream, stored)
     return path
 
 
