@@ -17,7 +17,7 @@ import logging
 import os
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -261,11 +261,15 @@ def views_from_frames(frames: torch.Tensor, positions: Sequence[Sequence[int]],
                       transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Each clip (its positions in `frames` [N, H, W, C]) transformed into 1 or 3 crops, clip-major:
     [clips * crops, C, T, H, W], written into one tensor as they are made."""
+    return _gather_views((transform(frames[list(pos)]) for pos in positions), len(positions))
+
+
+def _gather_views(views_per_clip: Iterable[torch.Tensor], num_clips: int) -> torch.Tensor:
+    """Each clip's views [crops, C, T, h, w], as they come, written into one [clips * crops, ...] tensor."""
     views = None
-    for k, pos in enumerate(positions):
-        view = transform(frames[list(pos)])  # [crops, C, T, h, w]
+    for k, view in enumerate(views_per_clip):
         if views is None:
-            views = view.new_empty((len(positions) * len(view), *view.shape[1:]))
+            views = view.new_empty((num_clips * len(view), *view.shape[1:]))
         views[k * len(view):(k + 1) * len(view)] = view
     return views
 
@@ -285,22 +289,25 @@ def decode_views(reader: VideoReader, *, clip_len: int, stride: int, num_clips: 
         return reader.apply(decode_views, clip_len=clip_len, stride=stride, num_clips=num_clips,
                             transform=transform, span=span)
     clips = eval_clip_indices(reader.info.num_frames, clip_len, stride, num_clips, span=span)
-    last_use = {i: k for k, clip in enumerate(clips) for i in clip}  # clips start in order: the last clip reading i
+    views = _gather_views((transform(clip) for clip in _clips_read_forward(reader, clips)), len(clips))
+    clips = [[min(i, reader.info.num_frames - 1) for i in c] for c in clips]  # after any clamping
+    return views, clips
+
+
+def _clips_read_forward(reader: VideoReader, clips: list[list[int]]) -> Iterator[torch.Tensor]:
+    """Each clip's frames [T, H, W, C] as soon as its last frame is read, in one forward read of their union;
+    a frame is let go once no later clip needs it (clips start in order)."""
+    last_use = {i: k for k, clip in enumerate(clips) for i in clip}  # the last clip reading frame i
     held: dict[int, torch.Tensor] = {}
-    views, done = None, 0
+    done = 0
     for index, frame in reader.iter_frames(list(last_use)):
         held[index] = frame
         while done < len(clips) and max(clips[done]) <= index:  # every frame of clip `done` is in
-            view = transform(torch.stack([held[i] for i in clips[done]]))  # [crops, C, T, h, w]
-            if views is None:
-                views = view.new_empty((len(clips) * len(view), *view.shape[1:]))
-            views[done * len(view):(done + 1) * len(view)] = view
+            yield torch.stack([held[i] for i in clips[done]])
             for i in set(clips[done]):
                 if last_use[i] == done:
                     del held[i]
             done += 1
-    clips = [[min(i, reader.info.num_frames - 1) for i in c] for c in clips]  # after any clamping
-    return views, clips
 
 
 class VideoClipDataset(Dataset):
