@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import mux_frames, textured_frames
+from videoft.data import decode
 from videoft.data.decode import (
     VideoDecodeError,
     VideoInfo,
@@ -141,6 +142,20 @@ def test_files_where_decord_misplaces_frames_after_a_seek_are_decoded_with_pyav(
     assert reader.backend == backend
     assert torch.equal(torch.stack([f for _, f in VideoReader(path).iter_frames(indices)]),
                        reference[sorted(set(indices))])
+
+
+def test_the_seek_check_runs_once_per_file_for_every_process(tmp_path, monkeypatch):
+    """A check's answer is kept on disk (cache_dir()) by file and decord version: another process, or this one
+    once its memory of it is gone, reads it instead of checking again; a changed file is checked again."""
+    path = _encode(tmp_path / "v.avi", "avi", "libx264", {"g": "10", "bf": "0"})  # H.264 in AVI: decord wrong
+    assert VideoReader(path).backend == "pyav"
+    decode._decord_seek_check.cache_clear()  # as a new process starts
+    monkeypatch.setattr(decode, "_decord_seeks_match_pyav", lambda p: pytest.fail("checked again"))
+    assert VideoReader(path).backend == "pyav"
+    checks = []
+    monkeypatch.setattr(decode, "_decord_seeks_match_pyav", lambda p: checks.append(p) or True)
+    os.utime(path, ns=(0, 12345))  # the file changed
+    assert VideoReader(path).backend == "decord" and checks == [str(path)]
 
 
 def test_read_frames_helper(lossless_video):

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from videoft.cache import cache_dir
+
 log = logging.getLogger("videoft")
 
 
@@ -126,7 +128,7 @@ CACHE_VERSION = 3  # raised whenever the choice rule changes: a choice made by a
 
 
 def cache_path() -> Path:
-    return Path(os.environ.get("VIDEOFT_CACHE", Path.home() / ".cache" / "videoft")) / "autotune.json"
+    return cache_dir() / "autotune.json"
 
 
 def device_name(device: torch.device) -> str:
