@@ -47,6 +47,8 @@ class TrainingState:
     # train.ema_decay: the trained weights (the checkpoint's `model` is then their average) and its update count
     online_model: dict[str, torch.Tensor] = field(default_factory=dict)
     ema_updates: int = 0
+    # train.probe_solver=sgd: the head as it trains (standardised) and its mean/std (engine/standardize.py)
+    probe_head: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,7 +81,7 @@ class RunCheckpoint:
             state.update({"optimizer": t.optimizer, "scaler": t.scaler, "epoch": t.epoch,
                           "epoch_step": t.epoch_step, "step": t.step, "rng": t.rng, "unfreeze": t.unfreeze,
                           "best": t.best, "history": t.history, "online_model": t.online_model,
-                          "ema_updates": t.ema_updates})
+                          "ema_updates": t.ema_updates, "probe_head": t.probe_head})
         return state
 
     def save(self, path: str | Path) -> None:
@@ -111,7 +113,7 @@ def read_run_checkpoint(path: str | Path, map_location: str | torch.device = "cp
                                  optimizer=state["optimizer"], scaler=state.get("scaler", {}), rng=state["rng"],
                                  unfreeze=state.get("unfreeze", {}), best=state["best"],
                                  history=state.get("history", []), online_model=state.get("online_model") or {},
-                                 ema_updates=state.get("ema_updates", 0))
+                                 ema_updates=state.get("ema_updates", 0), probe_head=state.get("probe_head") or {})
     return RunCheckpoint(model=state["model"], classes=list(state["classes"]), backbone=state["backbone"],
                          preprocessing=pre, config=config, training=training,
                          preparation=dict(state.get("preparation") or {}))

@@ -127,6 +127,7 @@ class TrainConfig:
     cache_features: bool = True     # linear_probe: run the backbone once and train the head on cached features
     probe_solver: str = "lbfgs"     # linear_probe on cached features: lbfgs (standardised features, the head
                                     # solved to convergence, L2 chosen from a grid; train.epochs unused) | sgd
+                                    # (the head trained by steps on standardised features for train.epochs)
     best_checkpoint: str = "auto"   # best.pt: best (best validated epoch) | last | auto (last when validation
                                     # has fewer than min_val_videos videos and early stopping is off)
     min_val_videos: int = 30        # below this, validation is too small to choose an epoch or an L2 strength

@@ -50,9 +50,10 @@ from videoft.engine.distributed import (
 )
 from videoft.engine.ema import build_ema, held_in
 from videoft.engine.evaluate import Predictions, predict, summarize
-from videoft.engine.features import cache_features
+from videoft.engine.features import cache_features, view_feature_moments
 from videoft.engine.logger import RunLogger
 from videoft.engine.metrics import cross_entropy
+from videoft.engine.standardize import StandardizedHead, standardization_from
 from videoft.engine.train import (
     EpochResult,
     NonFiniteLossError,
@@ -146,6 +147,7 @@ class FineTuneRecipe:
         self.preparation: dict = {}  # tools/prepare.py's parameters when data.root is a prepared copy
         self.ema: AveragedModel | None = None  # train.ema_decay: the average that is validated and saved
         self.trained: torch.nn.Module | None = None  # what the optimizer steps (wrap_model); DDP-wrapped: .model
+        self.probe_head: StandardizedHead | None = None  # the linear probe trained by steps (setup_probe_head)
 
     # ---- setup ------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -313,7 +315,30 @@ class FineTuneRecipe:
                 self.feature_extractor(), self.train_loader, dist, self.out_dir / "feature_cache",
                 amp_dtype=self.amp_dtype, ram_limit_mb=cfg.train.feature_cache_ram_mb)
             self.state.failures.update(failures)
+        if cfg.train.linear_probe and not self.uses_probe_solver:
+            self.setup_probe_head()
         self.choose_best_rule()
+
+    def setup_probe_head(self) -> None:
+        """The linear probe trained by steps: its head trains on standardised features (engine/standardize.py);
+        the optimizer steps that head in place of the model's, which follows it after every step."""
+        head = self.raw_model.head
+        dim = head[-1].in_features
+        features = None if self.caches_features else self.feature_extractor()  # None: the loader yields them
+        if features is None:
+            moments = self.train_loader.dataset.features.moments(dim)
+        else:
+            moments = view_feature_moments(features, self.train_loader, self.dist, dim, amp_dtype=self.amp_dtype)
+        mean, std = standardization_from(moments)
+        self.probe_head = StandardizedHead(head, mean, std, features=features)
+        swap = {id(head[-1].weight): self.probe_head.linear.weight, id(head[-1].bias): self.probe_head.linear.bias}
+        for group in self.optimizer.param_groups:
+            group["params"] = [swap.get(id(p), p) for p in group["params"]]
+        head.requires_grad_(False)  # derived from the standardised head now
+        self.probe_head.fold_into(head)
+        log.info("linear probe: the head trains on standardised features (%d training views; feature mean in "
+                 "[%.3g, %.3g], std in [%.3g, %.3g])", int(moments[0]), float(mean.min()), float(mean.max()),
+                 float(std.min()), float(std.max()))
 
     def feature_extractor(self) -> torch.nn.Module:
         """What the linear probe's cache holds for a clip: the backbone's features."""
@@ -395,6 +420,12 @@ class FineTuneRecipe:
             group["base_lr"], group["weight_decay"] = base_lr, wd
         if self.scaler is not None and t.scaler:
             self.scaler.load_state_dict(t.scaler)
+        if self.probe_head is not None:
+            if t.probe_head:
+                self.probe_head.load_training_state(t.probe_head)
+            else:  # written before the probe standardised: carry on from the raw head it holds
+                log.warning("%s holds no standardised probe head: continuing from its raw head", path)
+                self.probe_head.unfold_from(self.raw_model.head)
         self.state.epoch, self.state.step, self.state.epoch_step = t.epoch, t.step, t.epoch_step
         self.state.best, self.state.history = t.best, t.history
         set_rng_state(t.rng)
@@ -408,9 +439,10 @@ class FineTuneRecipe:
                         "statistics", self.dist.device)
         elif self.dist.distributed and self.cfg.train.sync_bn:
             self.raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model)  # same Parameters
-        # linear probe on cached features: the loader yields backbone features, so only the head trains
-        self.trained = self.raw_model.head if self.cfg.train.linear_probe and self.cfg.train.cache_features \
-            else self.raw_model
+        # the linear probe trained by steps: its standardised head (on cached features, or on the model's);
+        # the solved probe on cached features: the head it solves
+        self.trained = self.probe_head if self.probe_head is not None else \
+            self.raw_model.head if self.caches_features else self.raw_model
         self.model = self._ddp(self.trained)
 
     def _ddp(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -476,6 +508,8 @@ class FineTuneRecipe:
 
         def on_step(step: int) -> None:
             state.step, state.epoch_step = step, step - epoch_start_step
+            if self.probe_head is not None:
+                self.probe_head.fold_into(self.raw_model.head)
             if self.ema is not None:
                 self.ema.update_parameters(self.raw_model)
             every = cfg.train.checkpoint_every_steps
@@ -588,7 +622,8 @@ class FineTuneRecipe:
                                  rng=rng_state(), unfreeze=self.schedule.state_dict() if self.schedule else {},
                                  best=s.best, history=s.history,
                                  online_model=self.raw_model.state_dict() if self.ema is not None else {},
-                                 ema_updates=int(self.ema.n_averaged) if self.ema is not None else 0)
+                                 ema_updates=int(self.ema.n_averaged) if self.ema is not None else 0,
+                                 probe_head=self.probe_head.training_state() if self.probe_head is not None else {})
         weights = self.ema.module.state_dict() if self.ema is not None else self.raw_model.state_dict()
         return RunCheckpoint(model=weights, classes=list(self.classes),
                              backbone=self.cfg.model.backbone, preprocessing=self.pre, config=self.cfg,

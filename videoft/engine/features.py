@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 from videoft.data.dataset import Item
 from videoft.data.loaders import build_eval_loader, loader_options
 from videoft.data.samplers import epoch_key
-from videoft.engine.distributed import DistInfo, barrier, gather_to_main
+from videoft.engine.distributed import DistInfo, all_reduce_sum, barrier, gather_to_main
 from videoft.engine.evaluate import forward_views
+from videoft.engine.standardize import feature_moments
 from videoft.progress import progress
 
 log = logging.getLogger("videoft")
@@ -104,6 +105,10 @@ class FeatureStore:
         x = torch.stack(feats) if feats else torch.empty(0)
         return x, torch.as_tensor(np.asarray(labels)[indices], dtype=torch.long)
 
+    def moments(self, dim: int) -> torch.Tensor:
+        """feature_moments over every cached view (each rank reads every shard: the same on every rank)."""
+        return feature_moments((self.get(int(i)) for i in self.indices()), dim)
+
     def get(self, index: int) -> torch.Tensor | None:  # [V, D]
         s = self.shard_of[index]
         return None if s < 0 else torch.from_numpy(np.array(self.shards[s][self.row_of[index]]))
@@ -158,8 +163,7 @@ def cache_features(backbone: torch.nn.Module, loader: DataLoader, dist: DistInfo
     `cache_dir`, and return a loader of cached features with the same sampler and batch size, plus the
     (path, reason) decode failures of every rank (on rank 0; empty elsewhere)."""
     ds = loader.dataset
-    shard = build_eval_loader(ds, batch_size=loader.batch_size, num_workers=loader.num_workers,
-                              rank=dist.rank, world_size=dist.world_size, device=dist.device)
+    shard = _shard_of(loader, dist)
     t0 = time.perf_counter()
     store, failures = _write_and_open(backbone, shard, dist, Path(cache_dir), amp_dtype=amp_dtype,
                                       ram_limit_mb=ram_limit_mb)
@@ -171,3 +175,27 @@ def cache_features(backbone: torch.nn.Module, loader: DataLoader, dist: DistInfo
     options = {**loader_options(0, dist.device), "generator": loader.generator}
     return (DataLoader(cached, batch_size=loader.batch_size, sampler=loader.sampler, **options),
             [f for part in parts or [] for f in part])
+
+
+def _shard_of(loader: DataLoader, dist: DistInfo) -> DataLoader:
+    """This rank's share of a fixed-view training loader's videos, each video once (no padding)."""
+    return build_eval_loader(loader.dataset, batch_size=loader.batch_size, num_workers=loader.num_workers,
+                             rank=dist.rank, world_size=dist.world_size, device=dist.device)
+
+
+@torch.no_grad()
+def view_feature_moments(backbone: torch.nn.Module, loader: DataLoader, dist: DistInfo, dim: int, *,
+                         amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """feature_moments of the frozen backbone's features of every training view of `loader` (fixed views),
+    without a cache: each rank its shard, summed over the ranks (the linear probe trained by steps on
+    features computed every step standardises with them)."""
+    was_training = backbone.training
+    backbone.eval()
+    rows = (forward_views(backbone, batch["video"][batch["valid"]], device=dist.device, amp_dtype=amp_dtype)
+            for batch in progress(_shard_of(loader, dist), desc="feature statistics", enabled=dist.is_main,
+                                  unit="batch") if batch["valid"].any())
+    try:
+        moments = feature_moments(rows, dim)
+    finally:
+        backbone.train(was_training)
+    return all_reduce_sum(moments)
