@@ -8,9 +8,7 @@ no reader restates a default or indexes a raw dict.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,35 +149,13 @@ def check_resume_compatible(ckpt: RunCheckpoint, cfg: Config, classes: list[str]
                               remedy="Start a new run (another out_dir), or use model.init_from to fine-tune from it")
 
 
-def redraw_head(head: torch.nn.Module, seed: int, classes: list[str]) -> None:
-    """A new head's Linear initialised as nn.Linear does, from a generator of its own seeded by the run's seed and
-    its classes. The model's own draw comes from the global RNG, which a run with the same seed and backbone draws
-    in the same order: a head of the same shape is then the very head the run that trained the backbone started
-    from, and its features grew along it (measured: S3D trained on two classes with seed 0, the new head of a
-    two-class transfer run with seed 0 was equal to that run's initial head; such runs' first epoch averaged a
-    training loss of 1.3-2.2, above ln 2, where seeds 1 and 2 averaged 0.5-1.0)."""
-    digest = hashlib.sha256(f"videoft head|{seed}|{'|'.join(classes)}".encode()).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-    linear = head[-1] if isinstance(head, torch.nn.Sequential) else head
-    weight = torch.empty(linear.weight.shape)
-    torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)  # nn.Linear.reset_parameters
-    bound = 1 / math.sqrt(linear.in_features)
-    bias = torch.empty(linear.out_features).uniform_(-bound, bound, generator=generator)
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        linear.bias.copy_(bias)
-
-
 def init_from_checkpoint(model: VideoClassifier, path: str, classes: list[str],
-                         ckpt: RunCheckpoint | None = None, seed: int | None = None) -> None:
-    """Start from another videoft run's weights; keep its head only if the classes are the same, else the model's
-    new head, drawn again from `seed` and the classes when given (see redraw_head)."""
+                         ckpt: RunCheckpoint | None = None) -> None:
+    """Start from another videoft run's weights; keep its head only if the classes are the same."""
     ckpt = ckpt or read_run_checkpoint(path)
     weights = ckpt.model
     if ckpt.classes != list(classes):
         weights = {k: v for k, v in weights.items() if not k.startswith("head.")}
-        if seed is not None:
-            redraw_head(model.head, seed, classes)
         log.info("init_from %s: backbone weights loaded, head re-made for %d classes", path, len(classes))
     own = model.state_dict()
     shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in weights.items()

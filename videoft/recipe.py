@@ -230,7 +230,7 @@ class FineTuneRecipe:
                                  dropout=cfg.model.dropout, model_dir=cfg.model.model_dir,
                                  drop_path=cfg.model.drop_path)
         if cfg.model.init_from:
-            init_from_checkpoint(model, cfg.model.init_from, self.classes, ckpt=self.init_checkpoint, seed=cfg.seed)
+            init_from_checkpoint(model, cfg.model.init_from, self.classes, ckpt=self.init_checkpoint)
         if cfg.model.feature_stage not in (None, AUTO_STAGE):  # after any weights are in: the cut keeps those of
             # the stages it keeps (auto: SolvedProbeRecipe cuts at the stage the probe chose)
             model.cut_at(cfg.model.feature_stage, clip_len=self.pre.clip_len, crop_size=self.pre.crop_size)
