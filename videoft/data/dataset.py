@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, default_collate
 
 from videoft.data.clip_indices import FrameRange, Span, eval_clip_indices, train_clip_indices, union_indices
 from videoft.data.decode import VideoDecodeError, VideoReader
+from videoft.data.heap import give_back_free_memory
 from videoft.data.prepared import FRAMES_SUFFIX
 from videoft.data.samplers import epoch_key
 from videoft.data.segments import parse_span, recording_split, split_whitespace_line
@@ -392,6 +393,7 @@ class VideoClipDataset(Dataset):
             views, clips = decode_views(reader, clip_len=self.clip_len, stride=self.stride,
                                         num_clips=self.num_clips, transform=self.transform,
                                         span=sample.frame_range(reader))
+            give_back_free_memory()  # a video's worth of frames was freed (in a worker: see videoft/data/heap.py)
             return Item(video=views, label=sample.label, index=index, valid=True, frame_indices=clips,
                         failures=[])
         except VideoDecodeError as err:

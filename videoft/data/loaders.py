@@ -5,7 +5,6 @@ build their loaders here, so every path decodes, samples and shards videos the s
 """
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Sequence
 from functools import partial
@@ -15,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from videoft.data.dataset import VideoClipDataset, VideoSample, collate
+from videoft.data.heap import release_large_buffers
 from videoft.data.samplers import ShardSampler, TrainSampler
 from videoft.data.transforms import Preprocessing
 
@@ -36,26 +36,11 @@ def worker_nice_for(nice: int | None, device: torch.device) -> int:
 
 def _init_worker(nice: int, release_memory: bool, worker_id: int) -> None:
     """DataLoader worker set-up: its nice level (Unix; the decode watchdog's child, forked from the worker,
-    inherits it) and, with `release_memory`, glibc's malloc told to give large buffers back to the system.
-
-    glibc raises its mmap threshold to the largest block freed (up to 32 MB), after which a worker's frame
-    buffers come from the heap and stay allocated: 10-clip evaluation items grew a worker's private
-    memory (USS) to 3x a training worker's. A fixed 128 kB threshold (mmap'd blocks are returned when
-    freed) and a 1 MB trim threshold keep it flat, for ~15% more time per evaluation item (measured in
-    process over 48 ucf101-mini videos: 38 -> 45 ms, peak +62 -> +22 MB).
-    """
+    inherits it) and, with `release_memory`, a heap that gives memory back (videoft/data/heap.py)."""
     if nice > 0 and hasattr(os, "nice"):
         os.nice(nice)
     if release_memory:
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-        except OSError:  # not glibc: nothing to tune
-            return
-        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
-        libc.mallopt(_M_TRIM_THRESHOLD, 1024 * 1024)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+        release_large_buffers()
 
 
 def loader_options(num_workers: int, device: torch.device, *, persistent: bool = False,
