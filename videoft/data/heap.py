@@ -9,10 +9,11 @@ private memory grows to its worst moment and stays there. Two settings, in worke
   unmapped, never kept) and a 1 MB trim threshold. It took 10-clip evaluation workers from 3x a training
   worker's private memory (USS) to 1.8x, for ~15% more time per evaluation item.
 - `give_back_free_memory` (after each evaluation item): `malloc_trim(0)`, which also returns the free pages
-  inside the heaps. An evaluation item frees a video's worth of frame-sized blocks (a 128 x 170 frame is 64 kB:
-  below the mmap threshold) in an order that leaves holes the trim threshold never sees. Measured with the benchmark suite's measure (peak USS over 2,000 clips, 48
-  ucf101-mini videos, two alternating runs each): 36.2 and 36.0 MB -> 28.2 and 28.9 MB, for 7-8% of the
-  evaluation loader's clips/s (330 and 336 -> 304 and 313); a training worker holds 26.0-28.6 MB.
+  inside the heaps. An evaluation item frees a video's worth of frame-sized blocks (a 128 x 170 frame is
+  64 kB: below the mmap threshold) in an order that leaves holes the trim threshold never sees. The
+  benchmark suite's measure (peak USS over 2,000 clips, 48 ucf101-mini videos), two alternating runs:
+  40.2 and 39.4 MB -> 28.1 and 27.7 MB, the evaluation loader at 350 and 331 -> 340 and 329 clips/s; a
+  training worker holds 26-29 MB.
 """
 from __future__ import annotations
 

@@ -1,14 +1,14 @@
 """The linear probe trained by steps (train.probe_solver=sgd) on standardised features.
 
-A frozen backbone's pooled features can sit far from zero mean and unit scale (S3D's started the
-plain SGD probe at a training loss above ln K), which a first-order optimizer pays for with slow,
-badly conditioned steps. The probe's head is therefore trained in standardised coordinates: a
-Linear on (features - mean) / std, mean and std from every training view (as the solved probe,
-engine/probe.py, does). The model keeps its plain head: after every optimizer step the trained head
-is folded into it (W / std, b - W mean / std), so validation, EMA, checkpoints, inference and
-export see one Linear on raw features, exactly as before. The standardised head itself (and the
-mean and std) travel in the training state, so a resume continues with the very tensors it stopped
-with rather than an unfolded approximation.
+A frozen backbone's pooled features sit away from zero mean and unit scale, each feature at its own scale
+(the pretrained S3D features of the README's transfer runs: means 0.22-0.85, std 0.055-2.46), which a
+first-order optimizer pays for with badly conditioned steps. The probe's head is therefore trained in
+standardised coordinates: a Linear on (features - mean) / std, mean and std from every training view (as
+the solved probe, engine/probe.py, does). The model keeps its plain head: after every optimizer step the
+trained head is folded into it (W / std, b - W mean / std), so validation, EMA, checkpoints, inference and
+export see one Linear on raw features, exactly as before. The standardised head itself (and the mean and
+std) travel in the training state, so a resume continues with the very tensors it stopped with rather
+than an unfolded approximation.
 """
 from __future__ import annotations
 
