@@ -291,6 +291,7 @@ def decode_views(reader: VideoReader, *, clip_len: int, stride: int, num_clips: 
                             transform=transform, span=span)
     clips = eval_clip_indices(reader.info.num_frames, clip_len, stride, num_clips, span=span)
     views = _gather_views((transform(clip) for clip in _clips_read_forward(reader, clips)), len(clips))
+    give_back_free_memory()  # a video's worth of frames was freed (in a worker or its decode child: data/heap.py)
     clips = [[min(i, reader.info.num_frames - 1) for i in c] for c in clips]  # after any clamping
     return views, clips
 
@@ -393,7 +394,6 @@ class VideoClipDataset(Dataset):
             views, clips = decode_views(reader, clip_len=self.clip_len, stride=self.stride,
                                         num_clips=self.num_clips, transform=self.transform,
                                         span=sample.frame_range(reader))
-            give_back_free_memory()  # a video's worth of frames was freed (in a worker: see videoft/data/heap.py)
             return Item(video=views, label=sample.label, index=index, valid=True, frame_indices=clips,
                         failures=[])
         except VideoDecodeError as err:

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - depends on the platform
 
 import av
 
-from videoft.cache import cache_dir
+from videoft.cache import cache_dir, write_text_atomically
 from videoft.choices import DECODERS
 from videoft.data.prepared import FrameFolder, is_frame_folder, resized_shape
 
@@ -459,11 +459,8 @@ def _decord_seek_check(path: str, size: int, mtime_ns: int) -> bool:
         right = _decord_seeks_match_pyav(path)
     except Exception:  # noqa: BLE001 - a file either decoder cannot read: the reader's own fallbacks decide
         return True
-    try:  # written whole or not at all (another process may be checking the same file)
-        record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
-        tmp.write_text("1" if right else "0")
-        os.replace(tmp, record)
+    try:  # another process may be checking the same file
+        write_text_atomically(record, "1" if right else "0")
     except OSError:
         pass
     return right

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from videoft.data.decode import VideoDecodeError, VideoReader
-from videoft.data.heap import give_back_free_memory
 
 log = logging.getLogger(__name__)
 _no_fork_logged = False
@@ -239,7 +238,6 @@ def _serve(conn: Connection, shared: mmap.mmap) -> None:
                 fn, args, kwargs = rest
                 first, *others = fn(reader, *args, **kwargs)
                 answer = ("ok", (_to_shared(first.numpy(), shared), others, reader.info, reader.backend))
-                give_back_free_memory()  # an evaluation item's frames (see videoft/data/heap.py)
             else:
                 answer = ("ok", (_to_shared(reader.get_frames(rest[0]).numpy(), shared), reader.info, reader.backend))
         except VideoDecodeError as err:

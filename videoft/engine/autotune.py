@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import platform
 import statistics
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from videoft.cache import cache_dir
+from videoft.cache import cache_dir, write_text_atomically
 
 log = logging.getLogger("videoft")
 
@@ -210,11 +209,8 @@ def _write_cache(path: Path, key: str, value: str) -> None:
     """Add one entry, atomically (another run may read the file at the same time); a cache that cannot be
     written costs a re-measurement next time, never the run."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = _read_cache(path)
         data[key] = value
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+        write_text_atomically(path, json.dumps(data, indent=1))
     except OSError as err:
         log.warning("could not write the step-format cache %s: %s", path, err)
