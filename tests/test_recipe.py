@@ -200,3 +200,26 @@ def test_build_recipe_gives_the_solved_probe_its_own_recipe(tmp_path, tiny_motio
                            ONE_PROCESS, tmp_path / "d")
     with pytest.raises(TypeError, match="SolvedProbeRecipe"):
         wrong.fit()
+
+
+def test_a_residual_input_run_saves_a_model_that_loads_and_resumes_only_so(tmp_path, tiny_motion_dataset):
+    """model.input=residual: the checkpoint's config rebuilds the same model for inference, and a resume with
+    rgb input is refused (the weights learnt on differences)."""
+    from videoft.inference import load_model
+
+    recipe = make_recipe(tmp_path, tiny_motion_dataset, "train.epochs=1", "train.max_steps_per_epoch=2",
+                         "model.input=residual")
+    recipe.setup()
+    assert recipe.raw_model.input_frames == "residual"
+    recipe.fit()
+    model, _ = load_model(recipe.out_dir / "last.pt")
+    assert model.input_frames == "residual"
+    x = torch.randint(0, 200, (2, 3, 4, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(model(x), recipe.raw_model.eval()(x))
+        assert torch.allclose(model(x), model(x + 30), atol=1e-5)
+    other = make_recipe(tmp_path, tiny_motion_dataset, "train.epochs=2", "resume=auto")
+    with pytest.raises(ValueError, match="model.input: checkpoint has 'residual', config has 'rgb'"):
+        other.setup()
+    with pytest.raises(ValueError, match="model.input=residual feeds the differences"):
+        load_config(None, ["data.root=x", "model.input=residual", "data.clip_len=1"])

@@ -3,6 +3,7 @@
 
     python tools/evaluate.py runs/demo/best.pt --data data/demo --split test --out runs/demo/eval
     torchrun --nproc_per_node 2 tools/evaluate.py CKPT --data DIR --clips 5 --crops 3
+    python tools/evaluate.py runs/rgb/last.pt runs/residual/last.pt --data DIR   # late fusion of two models
 
 Everything about the model (backbone, clip geometry, normalisation, class names) comes from
 the checkpoint. The data's classes are matched by name. Under torchrun each video is
@@ -25,7 +26,7 @@ from videoft.data.decode import VideoDecodeError
 from videoft.data.loaders import build_eval_loader
 from videoft.data.thumbnails import STRIP_HEIGHT, STRIP_MAX_FRAMES, read_strip
 from videoft.engine.distributed import cleanup_distributed, setup_distributed
-from videoft.engine.evaluate import Predictions, predict, summarize
+from videoft.engine.evaluate import Predictions, fuse_predictions, predict, summarize
 from videoft.engine.gallery import GalleryCaps, GalleryItem, render_gallery, select_gallery
 from videoft.engine.report import format_summary, write_report
 from videoft.errors import DataError, report_user_errors
@@ -37,7 +38,9 @@ log = logging.getLogger("videoft")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a videoft checkpoint (best.pt / last.pt)")
+    p.add_argument("checkpoint", nargs="+", help="a videoft checkpoint (best.pt / last.pt); several (same classes): "
+                   "their view probabilities are averaged (late fusion, e.g. of an rgb and a model.input=residual "
+                   "run), each model with its own clip geometry, the same --clips and --crops")
     p.add_argument("--data", required=True, help="class folder, split folders, or a list file")
     p.add_argument("--split", default="test", help="split folder to evaluate (default: test); in a folder "
                    "without split sub-folders, the checkpoint's run's split of it (its splits.json); a list file, "
@@ -129,8 +132,10 @@ def build_report(args: argparse.Namespace, pred: Predictions, samples: list[Vide
     """report.json's content and the per-video predictions (see videoft.engine.report.REPORT_KEYS)."""
     metrics = summarize(pred, classes, n_boot=args.bootstrap)
     report = {
-        "checkpoint": str(args.checkpoint) + (" (--online: the trained weights, not their average)" if args.online
-                                              else ""), "data": str(args.data), "split": args.split,
+        "checkpoint": " + ".join(args.checkpoint) + (" (late fusion: the mean of their probabilities)"
+                                                     if len(args.checkpoint) > 1 else "")
+        + (" (--online: the trained weights, not their average)" if args.online else ""),
+        "data": str(args.data), "split": args.split,
         "num_videos": len(pred.indices), "num_failed": len(pred.failures),
         "failed": [{"path": p, "reason": r} for p, r in pred.failures],
         "clip_level": metrics["clip_level"], "video_level": metrics["video_level"],
@@ -169,29 +174,49 @@ def build_gallery(report: dict, predictions: list[dict], args: argparse.Namespac
     return render_gallery(items["mistake"], items["unsure"], total_mistakes=total, caps=caps, strip_note=note)
 
 
+def predict_each(args: argparse.Namespace, dist) -> tuple[list[Predictions | None], list, list[VideoSample], int]:
+    """Every checkpoint's predictions of the same videos, one model at a time, each with its own preprocessing;
+    (predictions (None off the main rank), checkpoints, videos, clips per video)."""
+    parts, ckpts, samples, num_clips = [], [], None, args.clips
+    for path in args.checkpoint:
+        model, ckpt = load_model(path, dist.device, online=args.online)
+        if ckpts and ckpt.classes != ckpts[0].classes:
+            raise DataError(f"{path}: its classes {ckpt.classes} differ from {args.checkpoint[0]}'s "
+                            f"{ckpts[0].classes}: only models of the same classes can be fused")
+        num_clips = num_clips or ckpt.config.data.eval_clips
+        mine = read_samples(args.data, args.split, ckpt.classes, Path(path).parent / "splits.json")
+        if samples is not None and [s.describe() for s in mine] != [s.describe() for s in samples]:
+            raise DataError(f"{args.data}: {path}'s run split it differently from {args.checkpoint[0]}'s: fuse "
+                            f"models on a split folder (e.g. {args.data}/test) or on runs of the same split")
+        samples = mine
+        loader = build_eval_loader(samples, ckpt.preprocessing, num_clips=num_clips, num_crops=args.crops,
+                                   batch_size=args.batch_size, num_workers=args.workers, rank=dist.rank,
+                                   world_size=dist.world_size, device=dist.device, backend=args.decoder,
+                                   decode_timeout=args.decode_timeout or None)
+        log.info("evaluating %s on %d videos of %s (%s): %d clips x %d crops per video; %d process(es) on %s, %s",
+                 path, len(samples), args.data, args.split, num_clips, args.crops, dist.world_size,
+                 dist.device, f"backend {dist.backend}" if dist.backend else "no process group")
+        parts.append(predict(model, loader, device=dist.device, num_clips=num_clips, num_crops=args.crops,
+                             show_progress=dist.is_main))
+        ckpts.append(ckpt)
+        del model
+    return parts, ckpts, samples, num_clips
+
+
 def evaluate(args: argparse.Namespace, dist) -> Path | None:
     """Evaluate on every rank; rank 0 writes the report and returns its folder."""
-    model, ckpt = load_model(args.checkpoint, dist.device, online=args.online)
-    pre, classes = ckpt.preprocessing, ckpt.classes
-    num_clips = args.clips or ckpt.config.data.eval_clips
-    samples = read_samples(args.data, args.split, classes, Path(args.checkpoint).parent / "splits.json")
-    loader = build_eval_loader(samples, pre, num_clips=num_clips, num_crops=args.crops, batch_size=args.batch_size,
-                               num_workers=args.workers, rank=dist.rank, world_size=dist.world_size,
-                               device=dist.device, backend=args.decoder, decode_timeout=args.decode_timeout or None)
-    log.info("evaluating %s on %d videos of %s (%s): %d clips x %d crops per video; %d process(es) on %s, %s",
-             args.checkpoint, len(samples), args.data, args.split, num_clips, args.crops, dist.world_size,
-             dist.device, f"backend {dist.backend}" if dist.backend else "no process group")
-    pred = predict(model, loader, device=dist.device, num_clips=num_clips, num_crops=args.crops,
-                   show_progress=dist.is_main)
+    parts, ckpts, samples, num_clips = predict_each(args, dist)
     if not dist.is_main:
         return None
+    pred, classes = fuse_predictions(parts), ckpts[0].classes
     if not pred.indices:
         raise DataError(f"none of the {len(samples)} videos could be decoded: "
                          + "; ".join(f"{p}: {r}" for p, r in pred.failures[:5]))
-    views = {"clips": num_clips, "crops": args.crops, **{k: v for k, v in pre.as_dict().items()
-                                                          if k not in ("mean", "std")}}
+    geometry = [{k: v for k, v in c.preprocessing.as_dict().items() if k not in ("mean", "std")} for c in ckpts]
+    views = {"clips": num_clips, "crops": args.crops, **geometry[0],
+             **({"models": geometry} if len(ckpts) > 1 else {})}
     report, predictions = build_report(args, pred, samples, classes, views)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
+    out = Path(args.out) if args.out else Path(args.checkpoint[0]).parent / f"eval-{args.split}"
     gallery = "" if args.no_gallery else build_gallery(report, predictions, args)
     paths = write_report(out, report=report, class_names=classes, predictions=predictions, gallery_html=gallery)
     print(format_summary(report))

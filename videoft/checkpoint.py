@@ -27,8 +27,8 @@ log = logging.getLogger("videoft")
 FORMAT = "videoft/1"
 # what must match for a resume (a change here means a different run, not a continuation); the clip
 # geometry is compared as resolved (a backbone default and the same value typed are the same run)
-RESUME_KEYS = ("model.backbone", "model.feature_stage", "optim.name", "data.clip_len", "data.frame_stride",
-               "data.crop_size", "data.short_side")
+RESUME_KEYS = ("model.backbone", "model.feature_stage", "model.input", "optim.name", "data.clip_len",
+               "data.frame_stride", "data.crop_size", "data.short_side")
 
 
 @dataclass

@@ -10,6 +10,7 @@ DECODERS = ("auto", "decord", "pyav")                      # videoft.data.decode
 EVAL_CROPS = (1, 3)                                        # videoft.data.transforms.EvalPreset
 PRETRAINED = ("kinetics400",)                              # videoft.models.backbones (None: no download)
 ON_MISSING_WEIGHTS = ("error", "random")                   # videoft.models.weights
+INPUT_FRAMES = ("rgb", "residual")                         # videoft.models.classifier: model.input
 AUTO_STAGE = "auto"  # model.feature_stage: the solved linear probe keeps the stage with the lowest held-out loss
 BN_MODES = ("frozen", "all", "train")                      # videoft.models.freezing
 OPTIMIZERS = ("sgd", "adamw")                              # videoft.recipe

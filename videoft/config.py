@@ -19,6 +19,7 @@ from videoft.choices import (
     BN_MODES,
     DECODERS,
     EVAL_CROPS,
+    INPUT_FRAMES,
     LAYOUTS,
     ON_MISSING_WEIGHTS,
     OPTIMIZERS,
@@ -69,6 +70,8 @@ class ModelConfig:
     init_from: str | None = None    # start from another videoft checkpoint (head re-made if classes differ)
     model_dir: str | None = None    # where downloaded weights are cached (torch hub cache by default)
     drop_path: float | None = None  # stochastic depth rate (mvit_v2_s, mvit_base_16x4); None: the library default
+    input: str = "rgb"              # rgb | residual: the backbone sees each frame's difference to the next (motion
+                                    # only; trains better from scratch: README "Recipes for small data")
     feature_stage: str | None = None  # the head reads this backbone stage's pooled output (later stages dropped);
                                       # None: the last; auto (solved linear probe): the stage with the lowest
                                       # held-out log loss. Earlier features can transfer better from a narrow
@@ -155,6 +158,7 @@ CHOICES = {
     "data.decoder": DECODERS,
     "data.eval_crops": EVAL_CROPS,
     "model.on_missing_weights": ON_MISSING_WEIGHTS,
+    "model.input": INPUT_FRAMES,
     "freeze.bn": BN_MODES,
     "optim.name": OPTIMIZERS,
     "train.amp": AMP_MODES,
@@ -254,6 +258,9 @@ def validate(cfg: Config) -> list[str]:
         problems.append("model.feature_stage=auto chooses the stage with the solved linear probe: needs "
                         "train.linear_probe=true (with train.cache_features=true, train.probe_solver=lbfgs); "
                         "otherwise name a stage")
+    if cfg.model.input == "residual" and cfg.data.clip_len is not None and cfg.data.clip_len < 2:
+        problems.append(f"model.input=residual feeds the differences of consecutive frames: needs data.clip_len >= 2, "
+                        f"got {cfg.data.clip_len}")
     if cfg.train.linear_probe and cfg.data.train_clips > 1:
         problems.append("data.train_clips: the linear probe trains on the evaluation views (data.eval_clips x "
                         "data.eval_crops); set data.train_clips=1")

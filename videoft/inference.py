@@ -53,7 +53,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *, online: 
     pre = ckpt.preprocessing
     model = build_classifier(ckpt.backbone, ckpt.num_classes, clip_len=pre.clip_len, crop_size=pre.crop_size,
                              pretrained=None, weights=None, dropout=ckpt.config.model.dropout,
-                             feature_stage=ckpt.config.model.feature_stage)
+                             feature_stage=ckpt.config.model.feature_stage, input_frames=ckpt.config.model.input)
     try:
         model.load_state_dict(weights)  # strict: a checkpoint that does not fit is an error
     except RuntimeError as err:

@@ -228,7 +228,7 @@ class FineTuneRecipe:
                                  crop_size=self.pre.crop_size, pretrained=cfg.model.pretrained,
                                  weights=cfg.model.weights, on_missing_weights=cfg.model.on_missing_weights,
                                  dropout=cfg.model.dropout, model_dir=cfg.model.model_dir,
-                                 drop_path=cfg.model.drop_path)
+                                 drop_path=cfg.model.drop_path, input_frames=cfg.model.input)
         if cfg.model.init_from:
             init_from_checkpoint(model, cfg.model.init_from, self.classes, ckpt=self.init_checkpoint)
         if cfg.model.feature_stage not in (None, AUTO_STAGE):  # after any weights are in: the cut keeps those of

@@ -91,3 +91,28 @@ def test_bad_arguments(kwargs, match):
     num_classes = kwargs.pop("num_classes")
     with pytest.raises(ValueError, match=match):
         VideoClassifier(Flat(), 6, num_classes, **kwargs)
+
+
+def test_residual_input_feeds_the_backbone_frame_differences():
+    from videoft.models.classifier import frame_residuals
+
+    x = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4, 1) ** 2  # [B, C, T, H, W], T = 3
+    out = frame_residuals(x)
+    assert out.shape == x.shape
+    diff = x[:, :, 1:] - x[:, :, :-1]
+    assert torch.equal(out[:, :, 1:], diff) and torch.equal(out[:, :, 0], diff[:, :, 0])
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        frame_residuals(x[:, :, :1])
+    # in the model: the same logits for a clip and the clip made brighter (the appearance is gone), and a
+    # static clip gives the features of a zero clip; an rgb model sees both differences
+    torch.manual_seed(0)
+    residual = build_classifier("x3d_xs", 3, input_frames="residual").eval()
+    rgb = build_classifier("x3d_xs", 3).eval()
+    clip = torch.randint(0, 200, (2, 3, 4, 32, 32), dtype=torch.uint8)
+    brighter, static = clip + 40, clip[:, :, :1].expand_as(clip)
+    with torch.no_grad():
+        assert torch.allclose(residual(clip), residual(brighter), atol=1e-5)
+        assert not torch.allclose(rgb(clip), rgb(brighter), atol=1e-3)
+        assert torch.allclose(residual.features(static), residual.features(static.flip(0)), atol=1e-6)
+    with pytest.raises(ValueError, match="input_frames='flow'"):
+        build_classifier("x3d_xs", 3, input_frames="flow")

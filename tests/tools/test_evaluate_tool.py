@@ -294,3 +294,36 @@ def test_a_pool_folder_is_evaluated_through_the_runs_own_split(tmp_path, make_cl
     with pytest.raises(DataError, match=r"no 'test' split here, and 8 of its 8 videos trained or validated"):
         evaluate.read_samples(str(pool), "test", ["a", "b"], run_splits)
     assert len(evaluate.read_samples(str(pool), "test", ["a", "b"], None)) == 8  # new videos: the whole pool
+
+
+def test_several_checkpoints_are_fused_by_the_mean_of_their_probabilities(controlled_checkpoint, eval_data,
+                                                                           tmp_path):
+    """A second model that knows charlie, surer of itself (logits 20 x one-hot): averaged with the controlled
+    model's probabilities, charlie's videos become right at both levels; `mixed` stays as each model says."""
+    from .tool_helpers import build_controlled_model, make_checkpoint
+
+    sure = tmp_path / "sure" / "last.pt"
+    sure.parent.mkdir()
+    make_checkpoint(build_controlled_model({c: c for c in CLASSES}, scale=20.0)).save(sure)
+    out = tmp_path / "fused"
+    rc, stdout, err = run_evaluate([str(controlled_checkpoint), str(sure), "--data", str(eval_data), "--out", str(out),
+                                    "--workers", "0", "--bootstrap", "0", "--no-gallery"])
+    assert rc == 0, err
+    report = read_report(out)
+    assert report["checkpoint"] == f"{controlled_checkpoint} + {sure} (late fusion: the mean of their probabilities)"
+    assert len(report["views"]["models"]) == 2
+    assert report["clip_level"]["confusion_matrix"] == [[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1]]
+    assert report["video_level"]["confusion_matrix"] == [[2, 0, 0, 0], [0, 1, 0, 1], [0, 0, 2, 0], [0, 0, 0, 1]]
+    rows = {Path(r["video"]).name: r for r in read_csv(out / "predictions.csv")}
+    e = 2.718281828459045
+    charlie = (1 / (e ** 10 + 3) + 1 / (1 + 3 * e ** -20)) / 2  # mean of the two models' charlie probability
+    assert float(rows["c1.mp4"]["confidence"]) == pytest.approx(charlie, abs=1e-4)
+    # models of other classes are refused in one line, before anything is written
+    other = tmp_path / "other.pt"
+    ckpt = make_checkpoint(build_controlled_model())
+    ckpt.classes = ["alpha", "bravo", "charlie", "echo"]
+    ckpt.save(other)
+    rc, _, err = run_evaluate([str(controlled_checkpoint), str(other), "--data", str(eval_data), "--out",
+                               str(tmp_path / "refused"), "--workers", "0"])
+    assert rc == 2 and "only models of the same classes can be fused" in err and "Traceback" not in err
+    assert not (tmp_path / "refused").exists()

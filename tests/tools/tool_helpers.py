@@ -94,8 +94,8 @@ def make_checkpoint(model: torch.nn.Module) -> RunCheckpoint:
                          preprocessing=Preprocessing.from_dict(GEOMETRY), config=cfg)
 
 
-def build_controlled_model() -> torch.nn.Module:
-    """X3D-XS whose logits on a uniform clip of BRIGHTNESS[c] are LOGIT_SCALE * onehot(PREDICTED[c])."""
+def build_controlled_model(predicted: dict[str, str] = PREDICTED, scale: float = LOGIT_SCALE) -> torch.nn.Module:
+    """X3D-XS whose logits on a uniform clip of BRIGHTNESS[c] are scale * onehot(predicted[c])."""
     torch.manual_seed(0)
     model = build_classifier("x3d_xs", len(CLASSES), clip_len=GEOMETRY["clip_len"],
                              crop_size=GEOMETRY["crop_size"]).eval()
@@ -106,8 +106,8 @@ def build_controlled_model() -> torch.nn.Module:
                 module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.5)
         feats = model.backbone(torch.stack([grey_clip(BRIGHTNESS[c]) for c in CLASSES])).double()  # [K, D]
         a = torch.cat([feats, torch.ones(len(CLASSES), 1, dtype=feats.dtype)], 1)  # [K, D + 1]
-        target = LOGIT_SCALE * torch.eye(len(CLASSES), dtype=feats.dtype)[
-            [CLASSES.index(PREDICTED[c]) for c in CLASSES]]  # [K, C]
+        target = scale * torch.eye(len(CLASSES), dtype=feats.dtype)[
+            [CLASSES.index(predicted[c]) for c in CLASSES]]  # [K, C]
         wb = torch.linalg.pinv(a) @ target  # [D + 1, C]: exact, the K features are independent
         linear = model.head[-1]
         linear.weight.copy_(wb[:-1].T.float())

@@ -38,6 +38,28 @@ class Predictions:
         return self.view_probs.mean(axis=1)
 
 
+def fuse_predictions(parts: list[Predictions]) -> Predictions:
+    """Late fusion of several models' predictions of the same videos: the mean of their view probabilities
+    (two-stream networks and TSN average softmax scores the same way), over the videos every model decoded;
+    a video any model could not decode is listed as failed once, with the first reason given."""
+    if len(parts) == 1:
+        return parts[0]
+    if len({p.view_probs.shape[1:] for p in parts}) != 1:
+        raise ValueError(f"fusion needs the same views and classes from every model, got "
+                         f"{[p.view_probs.shape[1:] for p in parts]}")
+    common = set.intersection(*(set(p.indices) for p in parts))
+    rows = [[k for k, i in enumerate(p.indices) if i in common] for p in parts]  # each ordered by index
+    first, keep = parts[0], rows[0]
+    reasons: dict[str, str] = {}
+    for part in parts:
+        for path, reason in part.failures:
+            reasons.setdefault(path, reason)
+    return Predictions(indices=[first.indices[k] for k in keep], labels=first.labels[keep],
+                       view_probs=np.mean([p.view_probs[r] for p, r in zip(parts, rows)], axis=0),
+                       frame_indices=[first.frame_indices[k] for k in keep], failures=sorted(reasons.items()),
+                       centre_view=first.centre_view)
+
+
 def centre_view_index(num_clips: int, num_crops: int) -> int:
     """Index of the centre clip's centre crop in the clip-major view order."""
     return (num_clips // 2) * num_crops + num_crops // 2

@@ -4,7 +4,19 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from videoft.choices import INPUT_FRAMES
 from videoft.models.backbones import build_backbone, cut_at_stage, get_backbone_spec
+
+
+def frame_residuals(x: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B, C, T, H, W]
+    """Each frame minus the one before it (residual frames: Tao, Wang and Yamasaki, "Rethinking motion
+    representation: residual frames with 3D ConvNets", IEEE TIP 2021): what moved, without the static appearance.
+    T frames give T - 1 differences; the first is repeated in front so the clip keeps its length (and every
+    backbone its geometry)."""
+    if x.shape[2] < 2:
+        raise ValueError(f"residual frames need clips of at least 2 frames, got {x.shape[2]}")
+    diff = x[:, :, 1:] - x[:, :, :-1]
+    return torch.cat([diff[:, :, :1], diff], dim=2)
 
 
 class VideoClassifier(nn.Module):
@@ -19,8 +31,11 @@ class VideoClassifier(nn.Module):
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, *,
                  dropout: float = 0.5, slowfast_alpha: int | None = None,
-                 mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None) -> None:
+                 mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None,
+                 input_frames: str = "rgb") -> None:
         super().__init__()
+        if input_frames not in INPUT_FRAMES:
+            raise ValueError(f"input_frames={input_frames!r}; allowed: {', '.join(INPUT_FRAMES)}")
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes}; must be >= 1")
         if not 0.0 <= dropout < 1.0:
@@ -32,6 +47,7 @@ class VideoClassifier(nn.Module):
         self.feature_dim = feature_dim
         self.feature_stage: str | None = None  # cut_at: the backbone stage whose features the head reads
         self.num_classes = num_classes
+        self.input_frames = input_frames
         self.slowfast_alpha = slowfast_alpha
         # names (relative to this model) of the BatchNorm modules kept in eval mode (set_frozen_bn)
         self.frozen_bn_modules: frozenset[str] = frozenset()
@@ -56,6 +72,8 @@ class VideoClassifier(nn.Module):
         if x.ndim != 5:
             raise ValueError(f"expected a clip batch [B, C, T, H, W], got shape {tuple(x.shape)}")
         x = self.normalize(x)
+        if self.input_frames == "residual":
+            x = frame_residuals(x)
         # SlowFast takes [slow, fast]; building the pathways here keeps the data pipeline one-tensor.
         inputs = [x[:, :, :: self.slowfast_alpha], x] if self.slowfast_alpha else x
         features = self.backbone(inputs)  # [B, D]
@@ -150,7 +168,8 @@ def build_classifier(name: str, num_classes: int, *, clip_len: int | None = None
                      crop_size: int | None = None, pretrained: str | None = None,
                      weights: str | None = None, on_missing_weights: str = "error",
                      dropout: float = 0.5, model_dir: str | None = None,
-                     drop_path: float | None = None, feature_stage: str | None = None) -> VideoClassifier:
+                     drop_path: float | None = None, feature_stage: str | None = None,
+                     input_frames: str = "rgb") -> VideoClassifier:
     """A zoo backbone (see build_backbone for the weight arguments) with a fresh num_classes head; with
     `feature_stage`, cut after that stage (cut_at)."""
     spec = get_backbone_spec(name)
@@ -158,7 +177,7 @@ def build_classifier(name: str, num_classes: int, *, clip_len: int | None = None
                                    weights=weights, on_missing_weights=on_missing_weights,
                                    model_dir=model_dir, drop_path=drop_path)
     model = VideoClassifier(backbone, dim, num_classes, dropout=dropout, slowfast_alpha=spec.slowfast_alpha,
-                            mean=spec.mean, std=spec.std)
+                            mean=spec.mean, std=spec.std, input_frames=input_frames)
     model.backbone_name = name
     if feature_stage is not None:
         model.cut_at(feature_stage, clip_len=clip_len, crop_size=crop_size)
