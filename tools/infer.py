@@ -4,6 +4,7 @@
     python tools/infer.py runs/demo/best.pt clip.mp4 [more.mp4 ...] [--topk 5] [--json]
     python tools/infer.py runs/demo/best.pt match.mp4 --window 2 --stride 1 [--csv timeline.csv]
     python tools/infer.py runs/demo/best.pt match.mp4 --window 2 --annotations events.csv [--iou 0.5]
+    python tools/infer.py runs/rgb/last.pt clip.mp4 --fuse runs/residual/last.pt   # two models, fused
 
 With --annotations (an events table `video,label,start,end`), the timelines' merged segments are
 scored against the annotated ones: per-class precision and recall at a temporal IoU threshold
@@ -31,6 +32,9 @@ import evaluate_timeline  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
+    p.add_argument("--fuse", action="append", default=[], metavar="CHECKPOINT",
+                   help="another checkpoint of the same classes (repeatable): every model runs on each video with "
+                        "its own preprocessing and their probabilities are averaged (late fusion)")
     p.add_argument("videos", nargs="+")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--clips", type=int, default=None, help="clips averaged per prediction (default: the run's)")
@@ -60,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("error: " + "; ".join(problems), file=sys.stderr)
         return 2
-    from videoft.inference import Predictor, merge_segments
+    from videoft.inference import FusedPredictor, Predictor, merge_segments
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, num_clips=args.clips,
-                                          num_crops=args.crops, backend=args.decoder)
+    options = {"device": args.device, "num_clips": args.clips, "num_crops": args.crops, "backend": args.decoder}
+    predictor = (FusedPredictor.from_checkpoints([args.checkpoint, *args.fuse], **options) if args.fuse
+                 else Predictor.from_checkpoint(args.checkpoint, **options))
     failed = 0
     csv_rows, timelines = [], {}
     for video in args.videos:

@@ -70,8 +70,8 @@ class ModelConfig:
     init_from: str | None = None    # start from another videoft checkpoint (head re-made if classes differ)
     model_dir: str | None = None    # where downloaded weights are cached (torch hub cache by default)
     drop_path: float | None = None  # stochastic depth rate (mvit_v2_s, mvit_base_16x4); None: the library default
-    input: str = "rgb"              # rgb | residual: the backbone sees each frame's difference to the next (motion
-                                    # only; trains better from scratch: README "Recipes for small data")
+    input: str = "rgb"              # rgb | residual: the backbone sees each frame minus the one before (motion
+                                    # only; README "Recipes for small data" measures it from scratch)
     feature_stage: str | None = None  # the head reads this backbone stage's pooled output (later stages dropped);
                                       # None: the last; auto (solved linear probe): the stage with the lowest
                                       # held-out log loss. Earlier features can transfer better from a narrow

@@ -91,18 +91,23 @@ class Predictor:
         logits = torch.cat([self.model(chunk.to(self.device)) for chunk in views.split(32)])
         return logits.float().softmax(-1).mean(0).cpu()
 
-    def predict(self, path: str | Path, topk: int = 5) -> dict:
-        """Top-k labels of a whole clip: `num_clips` clips over its full length, softmax averaged."""
+    def video_probs(self, path: str | Path) -> tuple[torch.Tensor, dict]:
+        """A whole clip's class probabilities (`num_clips` clips over its full length, softmax averaged) and
+        {duration, num_frames, frame_indices}."""
         reader = VideoReader(path, short_side=self.short_side, backend=self.backend)
         views, clips = decode_views(reader, clip_len=self.clip_len, stride=self.stride, num_clips=self.num_clips,
                                     transform=self.transform)
-        probs = self._probs(views)
-        return {"video": str(path), "duration": reader.info.duration, "num_frames": reader.info.num_frames,
-                "top": self._top(probs, topk), "frame_indices": clips}
+        return self._probs(views), {"duration": reader.info.duration, "num_frames": reader.info.num_frames,
+                                    "frame_indices": clips}
 
-    def timeline(self, path: str | Path, *, window: float, stride: float, topk: int = 1,
-                 clips_per_window: int = 1, windows_per_batch: int = 16) -> dict:
-        """Predictions over sliding windows covering the whole video, and merged segments."""
+    def predict(self, path: str | Path, topk: int = 5) -> dict:
+        """Top-k labels of a whole clip: `num_clips` clips over its full length, softmax averaged."""
+        probs, info = self.video_probs(path)
+        return prediction(path, self.classes, probs, info, topk)
+
+    def window_probs(self, path: str | Path, *, window: float, stride: float, clips_per_window: int = 1,
+                     windows_per_batch: int = 16) -> tuple[list[tuple[float, float, torch.Tensor]], float]:
+        """([(start s, end s, class probabilities)] of sliding windows covering the whole video, duration s)."""
         if window <= 0 or stride <= 0:
             raise ValueError(f"window and stride must be positive seconds, got {window}, {stride}")
         reader = VideoReader(path, short_side=self.short_side, backend=self.backend)
@@ -113,7 +118,7 @@ class Predictor:
         starts = list(range(0, max(0, n - win_frames) + 1, hop))
         if starts[-1] + win_frames < n:  # make the last window reach the end of the video
             starts.append(n - win_frames)
-        windows = []
+        spans = []
         for chunk in range(0, len(starts), windows_per_batch):
             group = starts[chunk:chunk + windows_per_batch]
             clip_sets = [[[s + i for i in c] for c in eval_clip_indices(
@@ -124,13 +129,64 @@ class Predictor:
             for s, clips in zip(group, clip_sets):
                 probs = self._probs(views_from_frames(frames, [[where[i] for i in c] for c in clips],
                                                       self.transform))
-                top = self._top(probs, topk)
-                windows.append({"start": s / fps, "end": min(n, s + win_frames) / fps, "label": top[0][0],
-                                "probability": top[0][1], "top": top})
-        return {"video": str(path), "duration": n / fps, "window": window, "stride": stride,
-                "windows": windows, "segments": [s.__dict__ for s in merge_segments(windows)],
-                "min_window_span_frames": clip_span(self.clip_len, self.stride)}
+                spans.append((s / fps, min(n, s + win_frames) / fps, probs))
+        return spans, n / fps
 
-    def _top(self, probs: torch.Tensor, k: int) -> list[tuple[str, float]]:
-        values, idx = probs.topk(min(k, len(self.classes)))
-        return [(self.classes[i], round(float(v), 6)) for v, i in zip(values.tolist(), idx.tolist())]
+    def timeline(self, path: str | Path, *, window: float, stride: float, topk: int = 1,
+                 clips_per_window: int = 1, windows_per_batch: int = 16) -> dict:
+        """Predictions over sliding windows covering the whole video, and merged segments."""
+        spans, duration = self.window_probs(path, window=window, stride=stride, clips_per_window=clips_per_window,
+                                            windows_per_batch=windows_per_batch)
+        return timeline_result(path, self.classes, spans, duration, window=window, stride=stride, topk=topk,
+                               min_span=clip_span(self.clip_len, self.stride))
+
+
+class FusedPredictor:
+    """Several checkpoints of the same classes as one predictor: each runs on the video with its own
+    preprocessing and their probabilities are averaged (late fusion, as tools/evaluate.py scores several
+    checkpoints). Same methods as Predictor."""
+
+    def __init__(self, predictors: list[Predictor], names: list[str] | None = None):
+        names = names or [f"model {k}" for k in range(len(predictors))]
+        for other, name in zip(predictors[1:], names[1:]):
+            if other.classes != predictors[0].classes:
+                raise CheckpointError(f"{name}: its classes {other.classes} differ from {names[0]}'s "
+                                      f"{predictors[0].classes}: only models of the same classes can be fused")
+        self.predictors, self.classes = predictors, predictors[0].classes
+
+    @classmethod
+    def from_checkpoints(cls, paths: list[str | Path], **kwargs) -> FusedPredictor:
+        return cls([Predictor.from_checkpoint(p, **kwargs) for p in paths], [str(p) for p in paths])
+
+    def predict(self, path: str | Path, topk: int = 5) -> dict:
+        parts = [p.video_probs(path) for p in self.predictors]
+        return prediction(path, self.classes, torch.stack([probs for probs, _ in parts]).mean(0), parts[0][1], topk)
+
+    def timeline(self, path: str | Path, *, window: float, stride: float, topk: int = 1, **kwargs) -> dict:
+        each = [p.window_probs(path, window=window, stride=stride, **kwargs) for p in self.predictors]
+        spans = [(start, end, torch.stack([e[0][k][2] for e in each]).mean(0))
+                 for k, (start, end, _) in enumerate(each[0][0])]  # same video and window: the same windows
+        return timeline_result(path, self.classes, spans, each[0][1], window=window, stride=stride, topk=topk,
+                               min_span=max(clip_span(p.clip_len, p.stride) for p in self.predictors))
+
+
+def top_labels(classes: list[str], probs: torch.Tensor, k: int) -> list[tuple[str, float]]:
+    values, idx = probs.topk(min(k, len(classes)))
+    return [(classes[i], round(float(v), 6)) for v, i in zip(values.tolist(), idx.tolist())]
+
+
+def prediction(path: str | Path, classes: list[str], probs: torch.Tensor, info: dict, topk: int) -> dict:
+    return {"video": str(path), "duration": info["duration"], "num_frames": info["num_frames"],
+            "top": top_labels(classes, probs, topk), "frame_indices": info["frame_indices"]}
+
+
+def timeline_result(path: str | Path, classes: list[str], spans: list[tuple[float, float, torch.Tensor]],
+                    duration: float, *, window: float, stride: float, topk: int, min_span: int) -> dict:
+    """Predictor.timeline's result from the windows' probabilities: each window's top labels, merged segments."""
+    windows = []
+    for start, end, probs in spans:
+        top = top_labels(classes, probs, topk)
+        windows.append({"start": start, "end": end, "label": top[0][0], "probability": top[0][1], "top": top})
+    return {"video": str(path), "duration": duration, "window": window, "stride": stride,
+            "windows": windows, "segments": [s.__dict__ for s in merge_segments(windows)],
+            "min_window_span_frames": min_span}

@@ -132,3 +132,31 @@ def test_json_emits_one_object_per_file(infer, controlled_checkpoint, videos, ca
     assert [o["video"] for o in objects] == files  # in order, the bad one included
     assert "error" in objects[1] and "top" not in objects[1]
     assert [o["top"][0][0] for o in (objects[0], objects[2])] == ["bravo", "delta"]
+
+
+def test_fuse_averages_the_models_probabilities_in_both_modes(infer, controlled_checkpoint, capsys, tmp_path):
+    """--fuse: the controlled model takes charlie for alpha; a second model that knows charlie, surer of itself
+    (logits 20 x one-hot), outweighs it in the mean of probabilities, per clip and per window."""
+    from .tool_helpers import build_controlled_model, make_checkpoint
+
+    sure = tmp_path / "sure.pt"
+    make_checkpoint(build_controlled_model({c: c for c in CLASSES}, scale=20.0)).save(sure)
+    video = write_grey_video(tmp_path / "charlie.mp4", [BRIGHTNESS["charlie"]] * 50)
+    assert infer.main([str(controlled_checkpoint), str(video), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top"][0][0] == "alpha"
+    assert infer.main([str(controlled_checkpoint), str(video), "--fuse", str(sure), "--json", "--topk", "2"]) == 0
+    top = json.loads(capsys.readouterr().out)["top"]
+    charlie = (1 / (math.exp(10) + 3) + 1 / (1 + 3 * math.exp(-20))) / 2
+    alpha = (ONE_HOT_PROB + 1 / (math.exp(20) + 3)) / 2
+    assert top[0][0] == "charlie" and top[0][1] == pytest.approx(charlie, abs=1e-4)
+    assert top[1][0] == "alpha" and top[1][1] == pytest.approx(alpha, abs=1e-4)
+    assert infer.main([str(controlled_checkpoint), str(video), "--fuse", str(sure), "--json", "--window", "1"]) == 0
+    windows = json.loads(capsys.readouterr().out)["windows"]
+    assert len(windows) >= 2 and all(w["label"] == "charlie" for w in windows)
+    assert all(w["probability"] == pytest.approx(charlie, abs=1e-4) for w in windows)
+    other = tmp_path / "other.pt"
+    ckpt = make_checkpoint(build_controlled_model())
+    ckpt.classes = ["alpha", "bravo", "charlie", "echo"]
+    ckpt.save(other)
+    assert infer.main([str(controlled_checkpoint), str(video), "--fuse", str(other)]) == 2
+    assert "only models of the same classes can be fused" in capsys.readouterr().err
