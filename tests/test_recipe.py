@@ -202,7 +202,7 @@ def test_build_recipe_gives_the_solved_probe_its_own_recipe(tmp_path, tiny_motio
         wrong.fit()
 
 
-def test_a_residual_input_run_saves_a_model_that_loads_and_resumes_only_so(tmp_path, tiny_motion_dataset):
+def test_a_residual_input_run_saves_a_model_that_loads_and_resumes_only_so(tmp_path, tiny_motion_dataset, caplog):
     """model.input=residual: the checkpoint's config rebuilds the same model for inference, and a resume with
     rgb input is refused (the weights learnt on differences)."""
     from videoft.inference import load_model
@@ -221,5 +221,10 @@ def test_a_residual_input_run_saves_a_model_that_loads_and_resumes_only_so(tmp_p
     other = make_recipe(tmp_path, tiny_motion_dataset, "train.epochs=2", "resume=auto")
     with pytest.raises(ValueError, match="model.input: checkpoint has 'residual', config has 'rgb'"):
         other.setup()
+    caplog.clear()
+    rgb = make_recipe(tmp_path / "rgb", tiny_motion_dataset, "train.epochs=1",
+                      f"model.init_from={recipe.out_dir / 'last.pt'}")
+    rgb.setup()
+    assert "its weights learnt on residual frames, this run feeds rgb frames" in caplog.text
     with pytest.raises(ValueError, match="model.input=residual feeds the differences"):
         load_config(None, ["data.root=x", "model.input=residual", "data.clip_len=1"])

@@ -167,3 +167,7 @@ def init_from_checkpoint(model: VideoClassifier, path: str, classes: list[str],
                               remedy=f"model.init_from needs a run of the same backbone ({ckpt.backbone}) and "
                                      "clip geometry")
     model.load_state_dict(weights, strict=False)
+    if ckpt.config.model.input != model.input_frames:
+        log.warning("model.init_from %s: its weights learnt on %s frames, this run feeds %s frames "
+                    "(model.input): they start from features of another input", path, ckpt.config.model.input,
+                    model.input_frames)
