@@ -16,7 +16,7 @@ import torch
 from videoft.checkpoint import RunCheckpoint, read_run_checkpoint
 from videoft.data.clip_indices import clip_span, eval_clip_indices, union_indices
 from videoft.data.dataset import decode_views, views_from_frames
-from videoft.data.decode import VideoReader
+from videoft.data.decode import VideoDecodeError, VideoReader
 from videoft.engine.timeline import Segment, merge_segments  # noqa: F401  (Segment: part of this API)
 from videoft.errors import CheckpointError, UserError
 from videoft.models.classifier import VideoClassifier, build_classifier
@@ -164,6 +164,8 @@ class FusedPredictor:
 
     def timeline(self, path: str | Path, *, window: float, stride: float, topk: int = 1, **kwargs) -> dict:
         each = [p.window_probs(path, window=window, stride=stride, **kwargs) for p in self.predictors]
+        if len({len(spans) for spans, _ in each}) != 1:  # one file, one frame count: only a decoder could differ
+            raise VideoDecodeError(str(path), "the fused models' decoders read different frame counts from it")
         spans = [(start, end, torch.stack([e[0][k][2] for e in each]).mean(0))
                  for k, (start, end, _) in enumerate(each[0][0])]  # same video and window: the same windows
         return timeline_result(path, self.classes, spans, each[0][1], window=window, stride=stride, topk=topk,
